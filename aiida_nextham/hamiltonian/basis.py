@@ -37,14 +37,18 @@ class ElementBasis:
             raise ValueError(f'unknown chemical symbol {self.symbol!r}')
         object.__setattr__(self, 'shells', tuple(int(l) for l in self.shells))
         if not self.shells or any(l < 0 or l > 5 for l in self.shells):
-            raise ValueError(f'{self.symbol}: shells must be a non-empty list of l in 0..5, got {self.shells}')
+            raise ValueError(
+                f'{self.symbol}: shells must be a non-empty list of l in 0..5, got {self.shells}'
+            )
         for name in ('shell_names', 'radii'):
             value = getattr(self, name)
             if value is not None:
                 value = tuple(value)
                 object.__setattr__(self, name, value)
                 if len(value) != len(self.shells):
-                    raise ValueError(f'{self.symbol}: {name} has {len(value)} entries for {len(self.shells)} shells')
+                    raise ValueError(
+                        f'{self.symbol}: {name} has {len(value)} entries for {len(self.shells)} shells'
+                    )
 
     @property
     def number(self) -> int:
@@ -141,4 +145,6 @@ class Basis:
                 item['symbol'], tuple(item['shells']), item.get('shell_names'), item.get('radii')
             )
             elements[element.number] = element
-        return cls(elements, name=data.get('name', ''), code=data.get('code', ''), extra=data.get('extra', {}))
+        return cls(
+            elements, name=data.get('name', ''), code=data.get('code', ''), extra=data.get('extra', {})
+        )

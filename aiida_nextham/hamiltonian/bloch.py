@@ -74,7 +74,9 @@ def _scatter_index(bh: BlockHamiltonian, name: str) -> _ScatterIndex:
         rows = rows + (spin_index // 2) * n_orb
         cols = cols + (spin_index % 2) * n_orb
     index_type = np.int32 if n_orb * 2 < np.iinfo(np.int32).max else np.int64
-    result = _ScatterIndex(rows.astype(index_type), cols.astype(index_type), pair.astype(index_type), n_orb * max(1, n_spin // 2))
+    result = _ScatterIndex(
+        rows.astype(index_type), cols.astype(index_type), pair.astype(index_type), n_orb * max(1, n_spin // 2)
+    )
     bh.__dict__[key] = result
     return result
 
@@ -115,7 +117,8 @@ def _check_overlap(s_min: float, kpoint) -> None:
         )
     if s_min < S_MIN_WARN:
         warnings.warn(
-            f'S(k) {where} is nearly singular (smallest eigenvalue {s_min:.3e}); eigenvalues may contain ghost states',
+            f'S(k) {where} is nearly singular (smallest eigenvalue {s_min:.3e}); '
+            'eigenvalues may contain ghost states',
             OverlapWarning,
             stacklevel=3,
         )
@@ -131,7 +134,9 @@ def eigh_generalized(h: np.ndarray, s: np.ndarray, *, eigvals_only: bool = True,
     return scipy.linalg.eigh(h, s, eigvals_only=eigvals_only, check_finite=False)
 
 
-def eigenvalues(bh: BlockHamiltonian, kpoints: np.ndarray, *, name: str = 'H', progress: bool = False) -> np.ndarray:
+def eigenvalues(
+    bh: BlockHamiltonian, kpoints: np.ndarray, *, name: str = 'H', progress: bool = False
+) -> np.ndarray:
     """Band energies (eV) at fractional ``kpoints``, shape (n_k, n_states), ascending."""
     from tqdm.auto import tqdm
 

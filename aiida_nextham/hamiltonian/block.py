@@ -97,6 +97,12 @@ class BlockHamiltonian:
             raise HamiltonianError(f'{name} has {data.size} entries but the pairs and basis need {expected}')
         setattr(self, attribute, data)
 
+    def __repr__(self) -> str:
+        return (
+            f'BlockHamiltonian({self.formula}, {self.n_atoms} atoms, {self.n_orbitals} orbitals, '
+            f'{self.n_pairs} pairs, spin={self.spin!r}, basis={self.basis.label!r})'
+        )
+
     # ----------------------------------------------------------------------------- sizes and indices
     @property
     def n_atoms(self) -> int:
@@ -163,13 +169,17 @@ class BlockHamiltonian:
 
     def distances(self) -> np.ndarray:
         """Distance |τ_j + R - τ_i| of every pair, Å, shape (n_pairs,)."""
-        vectors = self.positions[self.pairs[:, 4]] + self.pairs[:, :3] @ self.lattice - self.positions[self.pairs[:, 3]]
+        vectors = (
+            self.positions[self.pairs[:, 4]]
+            + self.pairs[:, :3] @ self.lattice
+            - self.positions[self.pairs[:, 3]]
+        )
         return np.linalg.norm(vectors, axis=1)
 
     @property
     def formula(self) -> str:
-        from ase.formula import Formula
         from ase.data import chemical_symbols
+        from ase.formula import Formula
 
         return Formula(''.join(chemical_symbols[z] for z in self.numbers)).format('hill')
 
@@ -209,7 +219,9 @@ class BlockHamiltonian:
         partner = self.partner_index()
         worst = 0.0
         for pair in np.flatnonzero(partner >= 0):
-            worst = max(worst, float(np.abs(self.block(name, pair) - _dagger(self.block(name, partner[pair]))).max()))
+            worst = max(
+                worst, float(np.abs(self.block(name, pair) - _dagger(self.block(name, partner[pair]))).max())
+            )
         return worst
 
     def complete_hermitian(self) -> BlockHamiltonian:
@@ -261,7 +273,8 @@ class BlockHamiltonian:
         from scipy.linalg import block_diag
 
         transforms = {
-            z: block_diag(*[wigner_d(l, rotation) for l in self.basis[z].shells]) for z in set(self.numbers.tolist())
+            z: block_diag(*[wigner_d(l, rotation) for l in self.basis[z].shells])
+            for z in set(self.numbers.tolist())
         }
         rotated = self.transform_orbitals(transforms)
         rotated.lattice = self.lattice @ np.asarray(rotation).T

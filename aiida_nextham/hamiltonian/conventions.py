@@ -71,7 +71,8 @@ def _fit(target: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Matrix T with target ≈ source @ T.T, checked to be orthogonal and exact."""
     t_transposed, *_ = np.linalg.lstsq(source, target, rcond=None)
     matrix = t_transposed.T
-    matrix[np.abs(matrix) < 1e-12] = 0.0
+    for exact in (0.0, 1.0, -1.0, 0.5, -0.5):  # snap so signed permutations are exact
+        matrix[np.abs(matrix - exact) < 1e-12] = exact
     residual = np.abs(source @ matrix.T - target).max()
     if residual > 1e-10 or not np.allclose(matrix @ matrix.T, np.eye(len(matrix)), atol=1e-10):
         raise RuntimeError(f'harmonics are not related by an orthogonal map (residual {residual:.2e})')
@@ -108,6 +109,7 @@ class Convention:
             xyz = _sample_directions()
             self._cache[l] = _fit(e3nn_harmonics(l, xyz), self.harmonics(l, xyz))
         return self._cache[l].copy()
+
 
 CONVENTIONS: dict[str, Convention] = {}
 

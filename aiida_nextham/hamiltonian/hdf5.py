@@ -35,7 +35,9 @@ SCHEMA_VERSION = 1
 _CHUNK = 1 << 18
 
 
-def write_hdf5(bh: BlockHamiltonian, path: str | Path, *, half: bool = False, compression: str | None = None) -> Path:
+def write_hdf5(
+    bh: BlockHamiltonian, path: str | Path, *, half: bool = False, compression: str | None = None
+) -> Path:
     """Write ``bh`` to ``path`` atomically (a temporary file is renamed into place).
 
     :param half: store each hermitian couple once (i < j, or i == j and R >= 0).
@@ -92,7 +94,9 @@ def read_hdf5(path: str | Path) -> BlockHamiltonian:
         raise HamiltonianError(f'{path}: not a readable HDF5 file ({exc})') from None
     with handle:
         if handle.attrs.get('format') != FORMAT_NAME:
-            raise HamiltonianError(f'{path}: not a nextham block-Hamiltonian file (no format={FORMAT_NAME!r})')
+            raise HamiltonianError(
+                f'{path}: not a nextham block-Hamiltonian file (no format={FORMAT_NAME!r})'
+            )
         version = int(handle.attrs.get('schema_version', -1))
         if version != SCHEMA_VERSION:
             raise HamiltonianError(
@@ -116,7 +120,9 @@ def read_hdf5(path: str | Path) -> BlockHamiltonian:
                 metadata=json.loads(handle.attrs.get('metadata', '{}')),
             )
         except KeyError as exc:
-            raise HamiltonianError(f'{path}: missing {exc.args[0]!r}; the file is truncated or not complete') from None
+            raise HamiltonianError(
+                f'{path}: missing {exc.args[0]!r}; the file is truncated or not complete'
+            ) from None
         storage = handle.attrs.get('hermitian_storage', 'full')
     if storage == 'half':
         bh = bh.complete_hermitian()
@@ -136,5 +142,7 @@ def _half(bh: BlockHamiltonian) -> BlockHamiltonian:
     first_nonzero = np.where(r[:, 0] != 0, r[:, 0], np.where(r[:, 1] != 0, r[:, 1], r[:, 2]))
     keep = (i < j) | ((i == j) & (first_nonzero >= 0))
     if bh.complete_hermitian().n_pairs != bh.n_pairs:
-        raise HamiltonianError('half storage needs every hermitian partner present; call complete_hermitian()')
+        raise HamiltonianError(
+            'half storage needs every hermitian partner present; call complete_hermitian()'
+        )
     return bh.select_pairs(keep)

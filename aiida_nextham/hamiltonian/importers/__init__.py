@@ -51,8 +51,8 @@ def detect_format(path: str | Path) -> str:
         if fmt.read is not None and fmt.detect(path):
             return fmt.name
     raise HamiltonianError(
-        f'{path}: not a recognised block-Hamiltonian file or folder; known formats: {", ".join(sorted(FORMATS))} '
-        '(pass the format explicitly if detection fails)'
+        f'{path}: not a recognised block-Hamiltonian file or folder; '
+        f'known formats: {", ".join(sorted(FORMATS))} (pass the format explicitly if detection fails)'
     )
 
 
@@ -61,7 +61,9 @@ def _get(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise HamiltonianError(f'unknown format {name!r}; known formats: {", ".join(sorted(FORMATS))}') from None
+        raise HamiltonianError(
+            f'unknown format {name!r}; known formats: {", ".join(sorted(FORMATS))}'
+        ) from None
 
 
 def read(path: str | Path, format: str | None = None) -> BlockHamiltonian:
