@@ -1,10 +1,31 @@
-"""Shared fixtures. Real files are read from ../shared/realdata beside the checkout."""
+"""Shared fixtures. Real files are read from ../shared/realdata beside the checkout.
 
+aiida-core's fixtures (``aiida.tools.pytest_fixtures``) are loaded for the whole suite: a temporary
+configuration and an SQLite (``core.sqlite_dos``) profile without a broker are created once per
+session (autouse) and loaded as the default profile, so ``verdi``-style commands and calcfunctions
+work without any services. Use ``aiida_profile_clean`` in a test that needs an empty database.
+"""
+
+from __future__ import annotations
+
+import traceback
 from pathlib import Path
 
 import pytest
 
+pytest_plugins = ['aiida.tools.pytest_fixtures']
+
 REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
+
+
+def pytest_configure(config):
+    config.addinivalue_line('filterwarnings', 'ignore:Creating AiiDA configuration folder:UserWarning')
+    # aiida-core 2.9.4 (sqlite_dos): every process function run emits this SQLAlchemy warning while
+    # linking its inputs, even for a trivial calcfunction of stored Int nodes; not caused by this package.
+    config.addinivalue_line(
+        'filterwarnings',
+        "ignore:Object of type <DbNode> not in session, add operation along 'DbUser.dbnodes'",
+    )
 
 
 @pytest.fixture(scope='session')
@@ -15,16 +36,46 @@ def realdata() -> Path:
     return REALDATA
 
 
-_passed = 0
+@pytest.fixture(scope='session')
+def si_hamiltonian():
+    """A small synthetic Si (diamond, s+p) block Hamiltonian with 8 valence electrons, in memory."""
+    from ase.build import bulk
+
+    from aiida_nextham.hamiltonian.basis import Basis
+    from aiida_nextham.hamiltonian.synthetic import random_block_hamiltonian
+
+    basis = Basis.from_shells({'Si': [0, 1]}, name='synthetic-sp', code='synthetic')
+    bh = random_block_hamiltonian(bulk('Si', 'diamond', a=5.43), basis, cutoff=4.0, seed=7)
+    return bh.replace(n_electrons=8.0)
 
 
-def pytest_runtest_logreport(report):
-    global _passed
-    if report.when == 'call' and report.passed:
-        _passed += 1
+@pytest.fixture(scope='session')
+def si_h5(si_hamiltonian, tmp_path_factory) -> Path:
+    """``si_hamiltonian`` written as a nextham HDF5 file (do not modify it)."""
+    from aiida_nextham.hamiltonian.hdf5 import write_hdf5
+
+    return write_hdf5(si_hamiltonian, tmp_path_factory.mktemp('si') / 'si.h5')
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """A run in which nothing passed (all skipped or deselected) must not look green."""
-    if exitstatus == 0 and _passed == 0:
-        session.exitstatus = 5
+@pytest.fixture
+def run_cli_command():
+    """Run a click command in-process with ``CliRunner`` and check its exit code.
+
+    ``run_cli_command(command, args, raises=False)`` returns the ``click.testing.Result``; it fails
+    the test (showing output and traceback) when the exit code is non-zero, or, with ``raises=True``,
+    when it is zero.
+    """
+    from click.testing import CliRunner
+
+    def _run(command, args=(), raises: bool = False):
+        result = CliRunner().invoke(command, [str(arg) for arg in args], catch_exceptions=True)
+        details = result.output
+        if result.exc_info is not None and not isinstance(result.exception, SystemExit):
+            details += ''.join(traceback.format_exception(*result.exc_info))
+        if raises:
+            assert result.exit_code != 0, f'command succeeded unexpectedly:\n{details}'
+        else:
+            assert result.exit_code == 0, f'command failed with exit code {result.exit_code}:\n{details}'
+        return result
+
+    return _run

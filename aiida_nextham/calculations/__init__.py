@@ -1,0 +1,1 @@
+"""AiiDA calculations of aiida-nextham: calcfunctions and CalcJobs."""

@@ -1,0 +1,5 @@
+"""AiiDA data types of aiida-nextham."""
+
+from .hamiltonian import HamiltonianData
+
+__all__ = ('HamiltonianData',)

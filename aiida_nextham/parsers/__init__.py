@@ -1,0 +1,1 @@
+"""AiiDA parsers of aiida-nextham (one per ``nextham`` sub-command run by a CalcJob)."""

@@ -1,0 +1,1 @@
+"""AiiDA work chains of aiida-nextham and their protocols."""
