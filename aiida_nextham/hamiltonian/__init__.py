@@ -4,8 +4,8 @@ This package never imports aiida.
 """
 
 from .basis import Basis, ElementBasis
-from .block import BlockHamiltonian, HamiltonianError
 from .bloch import IllConditionedOverlapError, OverlapWarning, bloch_sum, eigenvalues
+from .block import BlockHamiltonian, HamiltonianError
 from .hdf5 import read_hdf5, write_hdf5
 
 __all__ = [

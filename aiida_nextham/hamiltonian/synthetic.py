@@ -59,7 +59,9 @@ def random_block_hamiltonian(
         h_blocks[n], s_blocks[n] = h, s
         h_blocks[partner], s_blocks[partner] = _dagger(h), s.T
     row_sums = np.zeros(len(atoms))
-    np.add.at(row_sums, pairs[~onsite, 3], [np.abs(s_blocks[n]).sum(axis=1).max() for n in np.flatnonzero(~onsite)])
+    np.add.at(
+        row_sums, pairs[~onsite, 3], [np.abs(s_blocks[n]).sum(axis=1).max() for n in np.flatnonzero(~onsite)]
+    )
     scale = 0.5 / max(row_sums.max(), 1e-12)
     for n in range(len(pairs)):
         s_blocks[n] = np.eye(len(s_blocks[n])) if onsite[n] else scale * s_blocks[n]
