@@ -179,3 +179,14 @@ def test_triclinic_points_are_time_reversal_invariant_in_any_basis():
         assert len(points) >= 8
         for k in points.values():
             np.testing.assert_allclose(2 * k, np.round(2 * k), atol=1e-8)
+
+
+def test_auto_path_of_a_slab_stays_in_plane():
+    """A 2D material (no hopping along a3) gets Γ-M-K-Γ, not the kz-repeated A-L-H part."""
+    a, c = 3.5, 25.0
+    lattice = np.array([[a, 0, 0], [-a / 2, a * np.sqrt(3) / 2, 0], [0, 0, c]])
+    full = band_path(lattice, npoints=60)
+    slab = band_path(lattice, npoints=60, periodic=(True, True, False))
+    assert {'A', 'L', 'H'} & {label for _, label in full.labels}
+    assert [label for _, label in slab.labels] == ['GAMMA', 'M', 'K', 'GAMMA']
+    np.testing.assert_allclose(slab.kpoints[:, 2], 0.0)

@@ -67,7 +67,14 @@ def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int
     from ..hamiltonian.kpath import band_path
 
     lattice, positions, numbers = hamiltonian.get_structure_arrays()
-    kpath = band_path(lattice, path=path, npoints=npoints, positions=positions, numbers=numbers)
+    kpath = band_path(
+        lattice,
+        path=path,
+        npoints=npoints,
+        positions=positions,
+        numbers=numbers,
+        periodic=hamiltonian.base.attributes.get('periodic', None),
+    )
     return kpath_to_kpointsdata(kpath, lattice)
 
 

@@ -202,7 +202,14 @@ def cmd_bands(hamiltonian, kpath_spec, npoints, mesh, n_electrons, output, emin,
         if mesh is not None:
             parameters['mesh'] = list(parse_mesh(mesh))
         lattice, positions, numbers = hamiltonian.get_structure_arrays()
-        kpath = band_path(lattice, path=kpath_spec, npoints=npoints, positions=positions, numbers=numbers)
+        kpath = band_path(
+            lattice,
+            path=kpath_spec,
+            npoints=npoints,
+            positions=positions,
+            numbers=numbers,
+            periodic=hamiltonian.base.attributes.get('periodic', None),
+        )
     except (HamiltonianError, ValueError) as exception:
         echo.echo_critical(' '.join(str(exception).split()))
     if n_electrons is not None:

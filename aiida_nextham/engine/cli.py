@@ -56,10 +56,9 @@ def default_mesh(bh: BlockHamiltonian, spacing: float = DEFAULT_KSPACING) -> tup
         raise ValueError(f'the k-point spacing must be positive, got {spacing}')
     reciprocal = 2 * np.pi * np.linalg.inv(bh.lattice).T
     lengths = np.linalg.norm(reciprocal, axis=1)
-    periodic = bh.pairs[:, :3].any(axis=0) if bh.n_pairs else np.zeros(3, dtype=bool)
     return tuple(
         int(max(1, math.ceil(length / spacing))) if p else 1
-        for length, p in zip(lengths, periodic, strict=True)
+        for length, p in zip(lengths, bh.periodic, strict=True)
     )
 
 
@@ -372,7 +371,12 @@ def cmd_bands(
         kpath = explicit_kpath(read_kpoints_file(kpoints_file), lattice=bh.lattice)
     else:
         kpath = band_path(
-            bh.lattice, path=kpath_spec or 'auto', npoints=npoints, positions=bh.positions, numbers=bh.numbers
+            bh.lattice,
+            path=kpath_spec or 'auto',
+            npoints=npoints,
+            positions=bh.positions,
+            numbers=bh.numbers,
+            periodic=bh.periodic,
         )
     progress = sys.stderr.isatty()
     energies = band_energies(bh, kpath.kpoints, progress=progress)
@@ -398,6 +402,15 @@ def cmd_bands(
             plot_bands(kpath, energies, fermi['fermi_level'], tmp, title=bh.formula, emin=low, emax=high)
     write_json(data, output)
     click.echo(f'Wrote {output}' + (f' and {plot}' if plot else ''), err=True)
+
+
+def _register_subcommands() -> None:
+    from .dft_command import dft
+
+    cli.add_command(dft)
+
+
+_register_subcommands()
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

@@ -177,6 +177,11 @@ class BlockHamiltonian:
         return np.linalg.norm(vectors, axis=1)
 
     @property
+    def periodic(self) -> tuple[bool, bool, bool]:
+        """Which lattice directions carry any block (False e.g. for the vacuum direction of a slab)."""
+        return tuple(bool(x) for x in self.pairs[:, :3].any(axis=0))
+
+    @property
     def formula(self) -> str:
         from ase.data import chemical_symbols
         from ase.formula import Formula
@@ -299,6 +304,7 @@ class BlockHamiltonian:
             'fermi_level': self.fermi_level,
             'n_electrons': self.n_electrons,
             'complex': bool(self.hamiltonian.dtype.kind == 'c'),
+            'periodic': list(self.periodic),
         }
 
 

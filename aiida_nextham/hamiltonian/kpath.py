@@ -191,6 +191,7 @@ def band_path(
     positions: np.ndarray | None = None,
     numbers: np.ndarray | None = None,
     symprec: float = 1e-5,
+    periodic: Sequence[bool] | None = None,
 ) -> KPath:
     """A band-structure path through high-symmetry points, ``npoints`` points in total.
 
@@ -202,8 +203,17 @@ def band_path(
         length; the junction of two continuous segments is shared, a break repeats the abscissa.
     :param positions: optional (n_atoms, 3) Cartesian positions (Å) and ``numbers``: the crystal's
         symmetry. Without them the lattice symmetry is used.
+    :param periodic: which lattice directions carry hopping (e.g. ``(True, True, False)`` for a
+        slab with vacuum along a3). With ``'auto'``, segments leaving the plane k_i = 0 of a
+        non-periodic direction are dropped, so a 2D material gets its in-plane path only.
     """
     points, suggested = seekpath_points(lattice, positions, numbers, symprec=symprec)
+    if path == 'auto' and periodic is not None and not all(periodic):
+        flat = ~np.asarray(periodic, dtype=bool)
+        in_plane = {label for label, k in points.items() if np.allclose(np.asarray(k)[flat], 0.0)}
+        suggested = [(a, b) for a, b in suggested if a in in_plane and b in in_plane]
+        if not suggested:
+            raise ValueError('no suggested segment lies in the periodic directions; pass an explicit path')
     pieces = _pieces_from_segments(suggested) if path == 'auto' else _parse_path_string(path)
     unknown = sorted({label for piece in pieces for label in piece} - set(points))
     if unknown:
