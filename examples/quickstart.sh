@@ -10,10 +10,9 @@ source_folder=$realdata/deeph_new_MoTe2_bands_deephdock/tests/compute/eigen/eige
 out=${NEXTHAM_OUT:-$PWD/quickstart-output}
 mkdir -p "$out"
 
-if ! verdi profile show "$profile" >/dev/null 2>&1; then
-    # SQLite storage, aiida-core's bundled ZeroMQ broker, the local computer
-    verdi presto --profile-name "$profile" --use-zeromq
-fi
+# embedded profile (SQLite storage, aiida-core's bundled ZeroMQ broker), the local computer, the
+# nextham code and the GTH pseudopotential family; reused when it already exists
+aiida-nextham setup --profile "$profile"
 
 imported=$(verdi -p "$profile" data nextham import "$source_folder" --label MoTe2-quickstart)
 echo "$imported"

@@ -24,7 +24,7 @@ def pytest_configure(config):
     # linking its inputs, even for a trivial calcfunction of stored Int nodes; not caused by this package.
     config.addinivalue_line(
         'filterwarnings',
-        "ignore:Object of type <DbNode> not in session, add operation along 'DbUser.dbnodes'",
+        'ignore:Object of type <Db.*> not in session, add operation along',
     )
 
 

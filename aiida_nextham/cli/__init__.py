@@ -5,6 +5,8 @@ from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import options, types
 
 from .data import data_nextham
+from .install import cmd_install
+from .setup import cmd_setup
 
 __all__ = ('cmd_root',)
 
@@ -17,3 +19,5 @@ def cmd_root():
 
 
 cmd_root.add_command(data_nextham, name='data')
+cmd_root.add_command(cmd_install, name='install')
+cmd_root.add_command(cmd_setup, name='setup')

@@ -1,0 +1,116 @@
+"""S, H0 and H of a PySCF KRKS object at sets of k-points off the SCF mesh, in eV.
+
+H(k) = h_core(k) + V_eff[ρ](k) as in ``mf.get_bands``, with ρ given by density matrices on the
+SCF mesh (the superposition-of-atoms guess for H0, the converged density for H).
+
+The cost is dominated by the multigrid "pass 2" (matrix elements of a potential on the grid at
+every k-point), so on the fast path everything local goes through a single pass per density:
+the long-range GTH local pseudopotential, the Hartree and the XC potential are summed on the
+grid first. The rest of h_core is analytic and cheap: kinetic energy, the non-local projectors
+(``pp_int.get_pp_nl``; ``MultiGridNumInt.get_pp`` evaluates them numerically per k-point) and the
+short-range local part (``pp_int.get_pp_loc_part2``). The fast path equals
+``mf.get_hcore(k) + mf.get_veff(kpts_band=k)`` to 1e-10 Ha (tested); other integrators,
+hybrid/meta-GGA/non-local functionals and ECPs take that generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .pyscf_engine import HARTREE
+
+__all__ = ['matrices_at', 'single_pass_supported']
+
+
+def single_pass_supported(mf) -> bool:
+    """Multigrid integrator, GTH pseudopotentials only, and a local or semi-local (LDA/GGA) functional."""
+    from pyscf.pbc.dft.multigrid import MultiGridNumInt
+
+    ni = getattr(mf, '_numint', None)
+    if not isinstance(ni, MultiGridNumInt) or not mf.cell.pseudo or len(mf.cell._ecpbas):
+        return False
+    return ni._xc_type(mf.xc) in ('LDA', 'GGA') and not ni.libxc.is_hybrid_xc(mf.xc) and not mf.do_nlc()
+
+
+def _split(matrices: np.ndarray, sets: list[np.ndarray]) -> list[np.ndarray]:
+    return np.split(np.asarray(matrices), np.cumsum([len(k) for k in sets])[:-1])
+
+
+def _hermitian_ev(matrices: np.ndarray) -> np.ndarray:
+    return 0.5 * (matrices + matrices.conj().transpose(0, 2, 1)) * HARTREE
+
+
+def _analytic_core(mf, sets: list[np.ndarray]) -> list[np.ndarray]:
+    """Kinetic + non-local + short-range local pseudopotential, Ha, per set of k-points.
+
+    The short-range part is computed per set: PySCF builds a Born-von Kármán cell from the
+    smallest mesh containing the set's k-points, so each set should be one regular mesh.
+    """
+    from pyscf.pbc.gto.pseudo import pp_int
+
+    cell = mf.cell
+    every = np.concatenate(sets)
+    shape = (len(every), cell.nao, cell.nao)
+    core = np.asarray(cell.pbc_intor('int1e_kin', 1, 1, every)).reshape(shape)
+    core = core + np.asarray(pp_int.get_pp_nl(cell, every)).reshape(shape)
+    return [
+        part + np.asarray(pp_int.get_pp_loc_part2(cell, k)).reshape(part.shape)
+        for part, k in zip(_split(core, sets), sets, strict=True)
+    ]
+
+
+def _local_potential(mf, dm: np.ndarray, kpts: np.ndarray) -> np.ndarray:
+    """Matrix of V_loc,long-range + V_H[ρ] + V_xc[ρ] at ``kpts`` in one multigrid pass, Ha."""
+    from pyscf.pbc import tools
+    from pyscf.pbc.dft.multigrid import multigrid
+    from pyscf.pbc.gto.pseudo import pp_int
+
+    ni, cell = mf._numint, mf.cell
+    mesh = np.asarray(ni.mesh)
+    n_grid = int(np.prod(mesh))
+    xctype = ni._xc_type(mf.xc)
+    gv = cell.get_Gv(mesh)
+    # density (and its gradient for GGA) in reciprocal space, scaled by the grid weight
+    rho_g = multigrid._eval_rhoG(ni, dm, 1, mf.kpts, deriv=int(xctype == 'GGA'), xctype=xctype)
+    rho_g = rho_g.reshape(-1, n_grid)
+    weight = cell.vol / n_grid
+    rho_r = tools.ifft(rho_g, mesh).real / weight
+    vxc = ni.eval_xc_eff(mf.xc, rho_r[0] if xctype == 'LDA' else rho_r, deriv=1, xctype=xctype)[1]
+    vxc_g = tools.fft(np.asarray(weight * vxc).reshape(-1, n_grid), mesh).reshape(-1, n_grid)
+    potential = vxc_g[0]
+    if xctype == 'GGA':  # ∫ φμ (∂f/∂∇ρ · ∇(φν ...)) -> -i G · w(G) after integration by parts
+        potential = potential - np.einsum('xg,gx->g', 1j * vxc_g[1:4], gv)
+    potential = potential + rho_g[0] * tools.get_coulG(cell, mesh=mesh)
+    potential = potential - np.einsum('ag,ag->g', cell.get_SI(gv), pp_int.get_gth_vlocG_part1(cell, gv))
+    return np.asarray(multigrid._get_j_pass2(ni, potential, 1, kpts))[0]
+
+
+def matrices_at(mf, densities: dict[str, np.ndarray], sets: list[np.ndarray], timer) -> dict[str, list]:
+    """``{'S': [...], name: [...]}`` in eV for every density (``'H0'``, ``'H'``) and set of absolute k.
+
+    :param densities: density matrices on the SCF mesh, (nk_scf, n, n), by matrix name.
+    :param sets: arrays of absolute k-points (Bohr⁻¹); one regular mesh per set.
+    :param timer: callable context manager ``timer(stage)`` that accumulates wall time.
+    """
+    cell = mf.cell
+    sets = [np.asarray(k, dtype=np.float64).reshape(-1, 3) for k in sets]
+    every = np.concatenate(sets)
+    n = cell.nao
+    with timer('overlap'):
+        overlap = np.asarray(cell.pbc_intor('int1e_ovlp', hermi=1, kpts=every)).reshape(len(every), n, n)
+        result = {'S': [0.5 * (s + s.conj().transpose(0, 2, 1)) for s in _split(overlap, sets)]}
+    fast = single_pass_supported(mf)
+    with timer('hcore'):
+        if fast:
+            core = _analytic_core(mf, sets)
+        else:
+            core = [np.asarray(mf.get_hcore(cell, k)).reshape(len(k), n, n) for k in sets]
+    for name, dm in densities.items():
+        with timer('veff_h0' if name == 'H0' else 'veff_scf'):
+            if fast:
+                local = _local_potential(mf, dm, every)
+            else:
+                local = mf.get_veff(cell, dm, kpts=mf.kpts, kpts_band=every)
+            local = _split(np.asarray(local).reshape(len(every), n, n), sets)
+            result[name] = [_hermitian_ev(c + v) for c, v in zip(core, local, strict=True)]
+    return result
