@@ -52,6 +52,8 @@ def test_config_validation_and_protocols():
     assert get_protocol('balanced').basis == 'gth-dzvp'
     assert get_protocol('balanced', {'cutoff': 5.0, 'basis': None}).cutoff == 5.0
     assert DftConfig(kmesh=[3, 3, 3]).kmesh == (3, 3, 3)
+    # PySCF damps only before DIIS starts: damping alone must delay DIIS to act at all
+    assert DftConfig().diis_start() == 1 and DftConfig(damping=0.5).diis_start() > 1
     for bad in ({'smearing': 'cold'}, {'density_fit': 'magic'}, {'cutoff': -1}, {'kmesh': (0, 1, 1)}):
         with pytest.raises(DftConfigError):
             DftConfig(**bad)
@@ -233,6 +235,7 @@ def test_selfcheck_failure_is_named_and_keeps_the_result():
     assert result.hamiltonian.h0 is result.hamiltonian.hamiltonian  # h0 mode: H0 in both fields
 
 
+@pytest.mark.slow
 def test_smearing_and_fftdf_options_reach_pyscf():
     """Smearing (free energy reported) and the FFTDF integrator run through the generic path."""
     config = TINY.replace(kmesh=(1, 1, 1), dense_kmesh=(2, 2, 2), cutoff=3.0, selfcheck=False)

@@ -13,6 +13,7 @@ import numpy as np
 from .errors import DftConfigError
 
 __all__ = [
+    'DAMPED_CYCLES',
     'DENSITY_FITS',
     'GUESS_KEYS',
     'SMEARINGS',
@@ -25,6 +26,8 @@ __all__ = [
 SMEARINGS = ('fermi-dirac', 'gaussian')
 DENSITY_FITS = ('multigrid', 'fftdf')
 GUESS_KEYS = ('atom', 'minao')
+#: damped SCF cycles before DIIS takes over when ``damping`` is set and ``diis_start_cycle`` is not
+DAMPED_CYCLES = 8
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class DftConfig:
     :param smearing: None (insulators), ``'fermi-dirac'`` or ``'gaussian'``.
     :param smearing_width: eV (k_B T for Fermi-Dirac).
     :param level_shift: virtual-orbital level shift, eV.
-    :param damping: Fock damping factor (PySCF damps the cycles before DIIS starts).
-    :param diis_start_cycle: first cycle that uses DIIS.
+    :param damping: Fock damping factor. PySCF damps only the cycles before DIIS starts, so
+        damping needs ``diis_start_cycle`` > 1 to act.
+    :param diis_start_cycle: first cycle that uses DIIS; None: PySCF's 1 without damping and
+        :data:`DAMPED_CYCLES` + 1 with damping.
     :param max_cycles: SCF cycle limit.
     :param conv_tol: SCF energy threshold, eV per cell.
     :param conv_tol_grad: SCF orbital-gradient threshold, eV; None: PySCF's default (√conv_tol in Ha).
@@ -76,7 +81,7 @@ class DftConfig:
     smearing_width: float = 0.1
     level_shift: float = 0.0
     damping: float = 0.0
-    diis_start_cycle: int = 1
+    diis_start_cycle: int | None = None
     max_cycles: int = 50
     conv_tol: float = 1e-6
     conv_tol_grad: float | None = None
@@ -124,6 +129,8 @@ class DftConfig:
             raise DftConfigError(f'damping must lie in [0, 1), got {self.damping!r}')
         if self.max_cycles < 1 or self.selfcheck_kpoints < 1 or self.selfcheck_conduction_bands < 0:
             raise DftConfigError('max_cycles and selfcheck_kpoints must be >= 1, conduction bands >= 0')
+        if self.diis_start_cycle is not None and self.diis_start_cycle < 1:
+            raise DftConfigError(f'diis_start_cycle must be >= 1, got {self.diis_start_cycle!r}')
         if self.conv_tol_grad is not None and not self.conv_tol_grad > 0:
             raise DftConfigError(f'conv_tol_grad must be positive, got {self.conv_tol_grad!r}')
 
@@ -150,6 +157,12 @@ class DftConfig:
         return self.from_dict({**self.as_dict(), **{k: v for k, v in changes.items() if v is not None}})
 
     # ------------------------------------------------------------------------------------ meshes
+    def diis_start(self) -> int:
+        """The first DIIS cycle actually used (see ``diis_start_cycle``)."""
+        if self.diis_start_cycle is not None:
+            return self.diis_start_cycle
+        return DAMPED_CYCLES + 1 if self.damping > 0 else 1
+
     def scf_mesh(self, lattice: np.ndarray) -> tuple[int, int, int]:
         """The SCF k-mesh for a lattice (rows are vectors, Å)."""
         return self.kmesh if self.kmesh is not None else mesh_from_spacing(lattice, self.kspacing)

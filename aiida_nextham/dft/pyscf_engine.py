@@ -1,4 +1,4 @@
-"""PySCF back end: cell, SCF object, SCF run, unit conversions. Hartree and Bohr stay in here.
+"""PySCF back end: cell, SCF object, SCF run, unit conversion. Hartree stays in here.
 
 The matrices at arbitrary k-points are built in :mod:`aiida_nextham.dft.pyscf_matrices`.
 """
@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import scipy.linalg
 from ase import Atoms
+from pyscf.data.nist import HARTREE2EV
 
 from .config import DftConfig
 
 __all__ = [
-    'BOHR',
     'HARTREE',
     'band_energies',
     'build_cell',
@@ -25,15 +25,10 @@ __all__ = [
 ]
 
 
-def _nist():
-    from pyscf.data import nist
-
-    return nist
-
-
-#: eV per Hartree and Å per Bohr, PySCF's CODATA values (used for every conversion of its numbers)
-HARTREE: float = _nist().HARTREE2EV
-BOHR: float = _nist().BOHR
+#: eV per Hartree, PySCF's CODATA value (every energy PySCF returns is converted with it). Lengths
+#: need no conversion: the cell is built from the structure's Å (``unit='A'``), and positions and
+#: lattice are stored from the structure itself.
+HARTREE: float = float(HARTREE2EV)
 
 
 def build_cell(atoms: Atoms, config: DftConfig):
@@ -74,7 +69,7 @@ def make_scf(cell, kmesh: tuple[int, int, int], config: DftConfig):
     mf.max_cycle = config.max_cycles
     mf.level_shift = config.level_shift / HARTREE
     mf.damp = config.damping
-    mf.diis_start_cycle = config.diis_start_cycle
+    mf.diis_start_cycle = config.diis_start()
     mf.init_guess = config.init_guess
     mf.verbose = config.verbose
     mf.max_memory = config.max_memory

@@ -84,6 +84,9 @@ def _json_default(value):
 @click.option('--xc', default=None, help='Exchange-correlation functional (default: pbe).')
 @click.option('--kmesh', type=int, nargs=3, default=None, metavar='N N N', help='SCF k-mesh (Γ-centred).')
 @click.option(
+    '--kspacing', type=float, default=None, help='SCF k-spacing, 1/Å with 2π (when --kmesh is not given).'
+)
+@click.option(
     '--dense-kmesh',
     type=int,
     nargs=3,
