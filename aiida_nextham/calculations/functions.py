@@ -58,8 +58,10 @@ def kpath_to_kpointsdata(kpath, lattice: np.ndarray) -> orm.KpointsData:
     return kpoints
 
 
-def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int = 100) -> orm.KpointsData:
-    """A high-symmetry band path for the cell of ``hamiltonian`` as an (unstored) ``KpointsData``.
+def band_kpath(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int = 100):
+    """The band path (:class:`~aiida_nextham.hamiltonian.kpath.KPath`) of the cell of ``hamiltonian``.
+
+    Uses the crystal's symmetry and, for slabs, only the periodic directions.
 
     :param path: ``'auto'`` (from the cell) or labels such as ``'G-X-W-K-G-L'``.
     :param npoints: number of points along the whole path.
@@ -67,7 +69,7 @@ def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int
     from ..hamiltonian.kpath import band_path
 
     lattice, positions, numbers = hamiltonian.get_structure_arrays()
-    kpath = band_path(
+    return band_path(
         lattice,
         path=path,
         npoints=npoints,
@@ -75,7 +77,12 @@ def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int
         numbers=numbers,
         periodic=hamiltonian.base.attributes.get('periodic', None),
     )
-    return kpath_to_kpointsdata(kpath, lattice)
+
+
+def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int = 100) -> orm.KpointsData:
+    """:func:`band_kpath` as an (unstored) ``KpointsData``."""
+    lattice = hamiltonian.get_structure_arrays()[0]
+    return kpath_to_kpointsdata(band_kpath(hamiltonian, path, npoints), lattice)
 
 
 def _validate_parameters(parameters: dict) -> dict:

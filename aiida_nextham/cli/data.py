@@ -190,10 +190,9 @@ def cmd_bands(hamiltonian, kpath_spec, npoints, mesh, n_electrons, output, emin,
     """Compute the band structure of HAMILTONIAN (provenance-tracked calcfunction) and plot it."""
     from aiida import orm
 
-    from ..calculations.functions import compute_bands, kpath_to_kpointsdata
+    from ..calculations.functions import band_kpath, compute_bands, kpath_to_kpointsdata
     from ..engine.cli import atomic_output, check_destination, parse_mesh, plot_window
     from ..hamiltonian.block import HamiltonianError
-    from ..hamiltonian.kpath import band_path
 
     parameters = {}
     try:
@@ -201,15 +200,8 @@ def cmd_bands(hamiltonian, kpath_spec, npoints, mesh, n_electrons, output, emin,
             check_destination(output)
         if mesh is not None:
             parameters['mesh'] = list(parse_mesh(mesh))
-        lattice, positions, numbers = hamiltonian.get_structure_arrays()
-        kpath = band_path(
-            lattice,
-            path=kpath_spec,
-            npoints=npoints,
-            positions=positions,
-            numbers=numbers,
-            periodic=hamiltonian.base.attributes.get('periodic', None),
-        )
+        lattice = hamiltonian.get_structure_arrays()[0]
+        kpath = band_kpath(hamiltonian, kpath_spec, npoints)
     except (HamiltonianError, ValueError) as exception:
         echo.echo_critical(' '.join(str(exception).split()))
     if n_electrons is not None:
