@@ -17,6 +17,7 @@ from ..hamiltonian.bloch import IllConditionedOverlapError
 __all__ = (
     'BAND_PARAMETERS',
     'compute_bands',
+    'band_kpath',
     'get_band_path',
     'kpath_to_kpointsdata',
     'kpointsdata_to_array',
