@@ -1,0 +1,1 @@
+"""The NextHAM model: orbital irreps, graphs, the equivariant Transformer, losses, training."""
