@@ -15,6 +15,7 @@ from aiida_nextham.ml.config import ModelConfig
 from aiida_nextham.ml.graph import build_graph, collate
 from aiida_nextham.ml.model import NexthamModel
 from aiida_nextham.ml.predictor import predict_batch, predict_hamiltonian
+from aiida_nextham.ml.serialization import ModelFileError, load_model, read_model_metadata, save_model
 
 SHELLS = {'Si': [0, 0, 1, 1, 2], 'C': [0, 1]}
 
@@ -160,3 +161,19 @@ def _to_spinor(bh, diagonal, coupling):
         block[1, 0] = -block[0, 1]
         parts.append(block.ravel())
     return np.concatenate(parts)
+
+
+def test_model_folder_round_trip_and_refusals(sic, tmp_path):
+    model = _model(4).double()
+    save_model(model, tmp_path / 'model', provenance={'seed': 4})
+    loaded = load_model(tmp_path / 'model')
+    np.testing.assert_array_equal(_delta(loaded, sic, torch.float64), _delta(model, sic, torch.float64))
+    assert read_model_metadata(tmp_path / 'model')['provenance'] == {'seed': 4}
+    # a pickled checkpoint is refused without being opened, and so is a folder of another format
+    torch.save(model.state_dict(), tmp_path / 'model.pt')
+    with pytest.raises(ModelFileError, match='not a model folder'):
+        load_model(tmp_path)
+    metadata = tmp_path / 'model' / 'model.json'
+    metadata.write_text(metadata.read_text().replace('"nextham-model"', '"other"'))
+    with pytest.raises(ModelFileError, match="is not 'nextham-model'"):
+        load_model(tmp_path / 'model')

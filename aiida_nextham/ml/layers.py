@@ -206,7 +206,9 @@ class BesselBasis(nn.Module):
     def __init__(self, cutoff: float, n_basis: int):
         super().__init__()
         self.cutoff = float(cutoff)
-        self.register_buffer('frequencies', math.pi * torch.arange(1, n_basis + 1, dtype=torch.float64))
+        self.register_buffer(
+            'frequencies', math.pi * torch.arange(1, n_basis + 1, dtype=torch.float64), persistent=False
+        )
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         x = r[:, None] / self.cutoff
