@@ -8,17 +8,10 @@ work without any services. Use ``aiida_profile_clean`` in a test that needs an e
 
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 
 import pytest
-
-# KNOWN BUG (open): with several OpenMP threads, PySCF matrices built by the DFT engine come out
-# wrong (eV-scale) once torch/e3nn code has run in the same process (test_core's Wigner-D test
-# followed by test_dft_engine reproduces it; OMP_NUM_THREADS=1 does not). Until it is fixed, the
-# suite runs single-threaded OpenMP, set before torch or PySCF load their runtimes.
-os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 pytest_plugins = ['aiida.tools.pytest_fixtures']
 

@@ -35,6 +35,18 @@ def test_wigner_d_rotates_e3nn_harmonics(l):
     np.testing.assert_allclose(e3nn_harmonics(l, xyz @ rotation.T), e3nn_harmonics(l, xyz) @ d.T, atol=1e-12)
 
 
+@pytest.mark.parametrize('l', [0, 1, 2, 3, 4, 5, 6])
+def test_numpy_e3nn_harmonics_equal_e3nn(l):
+    """The torch-free ``e3nn_harmonics`` is e3nn's own convention (poles, axes, unnormalised input)."""
+    import torch
+    from e3nn import o3
+
+    special = [[1e-9, -2e-9, 1.0], [3.0, -2.0, 0.5]]  # next to a pole; not a unit vector
+    xyz = np.concatenate([np.random.default_rng(5).normal(size=(50, 3)), np.eye(3), -np.eye(3), special])
+    expected = o3.spherical_harmonics(l, torch.as_tensor(xyz, dtype=torch.float64), normalize=True).numpy()
+    np.testing.assert_allclose(e3nn_harmonics(l, xyz), expected, rtol=0, atol=1e-13)
+
+
 def test_wigner_d_rejects_improper_rotation():
     with pytest.raises(ValueError, match='proper rotation'):
         wigner_d(1, -np.eye(3))

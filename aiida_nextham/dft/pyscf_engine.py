@@ -1,6 +1,9 @@
 """PySCF back end: cell, SCF object, SCF run, unit conversion. Hartree stays in here.
 
 The matrices at arbitrary k-points are built in :mod:`aiida_nextham.dft.pyscf_matrices`.
+
+Every PySCF computation runs inside :func:`~aiida_nextham.dft.openmp.openmp_guard` (see that module
+for why: OpenMP runtimes of torch and PySCF in one process).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from ase import Atoms
 from pyscf.data.nist import HARTREE2EV
 
 from .config import DftConfig
+from .openmp import openmp_guard  # importing it loads all of PySCF's libraries on one OpenMP runtime
 
 __all__ = [
     'HARTREE',
@@ -82,12 +86,14 @@ def initial_density(mf, key: str) -> np.ndarray:
         warnings.filterwarnings(
             'ignore', message='remove_linear_dep_ is deprecated', category=DeprecationWarning
         )
-        return np.asarray(mf.get_init_guess(mf.cell, key=key))
+        with openmp_guard():
+            return np.asarray(mf.get_init_guess(mf.cell, key=key))
 
 
 def run_scf(mf, dm0: np.ndarray) -> dict:
     """Run the SCF from ``dm0``; returns convergence facts and energies (eV)."""
-    mf.kernel(dm0=dm0)
+    with openmp_guard():
+        mf.kernel(dm0=dm0)
     summary = getattr(mf, 'scf_summary', {}) or {}
     energies = {'total': float(mf.e_tot) * HARTREE}
     for key, name in (('e1', 'one_electron'), ('coul', 'hartree'), ('exc', 'xc'), ('nuc', 'ion_ion')):

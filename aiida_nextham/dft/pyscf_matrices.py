@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .openmp import openmp_guard
 from .pyscf_engine import HARTREE
 
 __all__ = ['matrices_at', 'single_pass_supported']
@@ -92,6 +93,11 @@ def matrices_at(mf, densities: dict[str, np.ndarray], sets: list[np.ndarray], ti
     :param sets: arrays of absolute k-points (Bohr⁻¹); one regular mesh per set.
     :param timer: callable context manager ``timer(stage)`` that accumulates wall time.
     """
+    with openmp_guard():
+        return _matrices_at(mf, densities, sets, timer)
+
+
+def _matrices_at(mf, densities, sets, timer) -> dict[str, list]:
     cell = mf.cell
     sets = [np.asarray(k, dtype=np.float64).reshape(-1, 3) for k in sets]
     every = np.concatenate(sets)

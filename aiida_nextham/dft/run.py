@@ -25,6 +25,7 @@ from . import pyscf_engine as engine
 from .checks import check_elements, check_structure
 from .config import DftConfig
 from .errors import DftConfigError, ScfNotConvergedError, SelfCheckError
+from .openmp import openmp_guard
 from .orbitals import basis_from_cell, internal_transforms
 from .pyscf_matrices import matrices_at
 from .realspace import check_pairs_resolved, gather_blocks, half_mesh, inverse_fourier
@@ -47,21 +48,6 @@ class _Timer:
             self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    if count is None:
-        yield
-        return
-    from pyscf import lib
-
-    previous = lib.num_threads()
-    lib.num_threads(count)
-    try:
-        yield
-    finally:
-        lib.num_threads(previous)
-
-
 def run_engine(atoms: Atoms, config: DftConfig | None = None, mode: str = 'label') -> DftResult:
     """Compute H0 (``mode='h0'``) or H_scf, H0 and S (``mode='label'``) of a periodic structure.
 
@@ -82,7 +68,7 @@ def run_engine(atoms: Atoms, config: DftConfig | None = None, mode: str = 'label
         kmesh, dense = config.scf_mesh(lattice), config.band_mesh(lattice)
         pairs = neighbour_pairs(atoms, config.cutoff)
         check_pairs_resolved(pairs, dense)
-    with _threads(config.threads):
+    with openmp_guard(config.threads):
         result = _run(atoms, config, mode, timer, kmesh, dense, pairs)
     result.timings = {**timer.times, 'total': time.perf_counter() - start}
     result.timings['h0_build'] = sum(
@@ -119,7 +105,11 @@ class Prepared:
 
 def prepare(atoms: Atoms, config: DftConfig, mode: str, kmesh, timer=None) -> Prepared:
     """Build the cell, the superposition-of-atoms density and, in label mode, run the SCF."""
-    timer = timer or _Timer()
+    with openmp_guard():
+        return _prepare(atoms, config, mode, kmesh, timer or _Timer())
+
+
+def _prepare(atoms: Atoms, config: DftConfig, mode: str, kmesh, timer) -> Prepared:
     with timer('setup'):
         cell = engine.build_cell(atoms, config)
         mf = engine.make_scf(cell, kmesh, config)

@@ -43,7 +43,8 @@ def real_harmonics(l: int, xyz: np.ndarray) -> np.ndarray:
     :param xyz: unit vectors, shape (n, 3).
     :return: shape (n, 2l+1).
     """
-    theta = np.arccos(np.clip(xyz[:, 2], -1.0, 1.0))
+    xyz = np.asarray(xyz, dtype=np.float64)
+    theta = np.arctan2(np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2])  # better than arccos(z) near the poles
     phi = np.arctan2(xyz[:, 1], xyz[:, 0])
     out = np.empty((len(xyz), 2 * l + 1))
     for m in range(-l, l + 1):
@@ -58,13 +59,19 @@ def real_harmonics(l: int, xyz: np.ndarray) -> np.ndarray:
 
 
 def e3nn_harmonics(l: int, xyz: np.ndarray) -> np.ndarray:
-    """e3nn's real spherical harmonics (integral normalisation), shape (n, 2l+1), float64."""
-    import torch
-    from e3nn import o3
+    """e3nn's real spherical harmonics, ``o3.spherical_harmonics(l, xyz, normalize=True)``, in float64.
 
-    with torch.no_grad():
-        y = o3.spherical_harmonics(l, torch.as_tensor(xyz, dtype=torch.float64), normalize=True)
-    return y.numpy()
+    e3nn (0.6, integral normalisation) takes y as the polar axis; its harmonics are exactly the
+    standard ones of :func:`real_harmonics` at the cyclically relabelled vector (z, x, y), in the same
+    m = -l..l order and signs (l=1: x, y, z). Evaluated in numpy, so the conventions need no torch at
+    run time; ``tests/test_core.py`` checks the identity against e3nn itself.
+
+    :param xyz: directions, shape (n, 3); normalised here.
+    :return: shape (n, 2l+1).
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    xyz = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    return real_harmonics(l, xyz[:, [2, 0, 1]])
 
 
 def _fit(target: np.ndarray, source: np.ndarray) -> np.ndarray:
