@@ -147,6 +147,14 @@ def channel_rms(features: torch.Tensor, mask: torch.Tensor, model: NexthamModel)
     return torch.where(used.any(0), rms.clamp_min(SCALE_FLOOR), torch.ones_like(rms))
 
 
+def _channel_masks(orbital_irreps, numbers: np.ndarray, pairs: np.ndarray) -> torch.Tensor:
+    """(n_pairs, dim) bool: the output channels each pair's element types use."""
+    elements = np.asarray(orbital_irreps.elements)
+    table = np.stack([[orbital_irreps.channel_mask(a, b) for b in elements] for a in elements])
+    kind = np.searchsorted(elements, numbers)
+    return torch.as_tensor(table[kind[pairs[:, 3]], kind[pairs[:, 4]]])
+
+
 @torch.no_grad()
 def fit_scales(model: NexthamModel, samples) -> dict[str, list[float]]:
     """Set the model's input/output scales to the per-channel RMS of H0 and of the target.
@@ -160,12 +168,7 @@ def fit_scales(model: NexthamModel, samples) -> dict[str, list[float]]:
     for sample in samples:
         graph, bh = sample.graph, sample.hamiltonian
         layout = structure_layout(model, bh)
-        masks = torch.stack(
-            [
-                torch.as_tensor(layout.orbital_irreps.channel_mask(int(bh.numbers[i]), int(bh.numbers[j])))
-                for i, j in bh.pairs[:, 3:].tolist()
-            ]
-        )
+        masks = _channel_masks(layout.orbital_irreps, bh.numbers, bh.pairs)
         target = spinless(bh, 'H')
         if model.config.use_h0:
             h0 = spinless(bh, 'H0')
