@@ -229,12 +229,13 @@ class PolynomialEnvelope(nn.Module):
 
 
 class ScalarMLP(nn.Sequential):
-    """MLP on invariants: Linear -> SiLU -> ... -> Linear."""
+    """MLP on invariants: Linear -> SiLU -> ... -> Linear (``last_bias=False``: no bias at the end, e.g.
+    before a softmax, which ignores it)."""
 
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], last_bias: bool = True):
         layers: list[nn.Module] = []
         for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            layers.append(nn.Linear(a, b))
+            layers.append(nn.Linear(a, b, bias=last_bias or k < len(sizes) - 2))
             if k < len(sizes) - 2:
                 layers.append(nn.SiLU())
         super().__init__(*layers)

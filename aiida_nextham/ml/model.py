@@ -93,7 +93,7 @@ class TransformerLayer(nn.Module):
         self.tp_weights = ScalarMLP([n_invariants, config.radial_hidden, self.tp.weight_numel])
         self.value = IrrepsLinear(self.tp.irreps_out, node_irreps)
         self.edge_value = IrrepsLinear(edge_irreps, node_irreps)
-        self.attention = ScalarMLP([n_invariants, config.radial_hidden, config.n_heads])
+        self.attention = ScalarMLP([n_invariants, config.radial_hidden, config.n_heads], last_bias=False)
         self.register_buffer('head_of_dim', _head_index(node_irreps, config.n_heads))
         self.node_out = IrrepsLinear(node_irreps, node_irreps)
         self.node_norm = EquivariantLayerNorm(node_irreps)
