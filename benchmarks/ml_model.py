@@ -1,13 +1,13 @@
 """Benchmarks of the NextHAM model (not tests): how well it learns, and what a training step costs.
 
-    python benchmarks/ml_model.py learn 'DATA/*.h5' --steps 400 --cutoff 6
-        trains the same model three ways on the same structures, at equal steps: real-space loss only,
-        real-space + reciprocal-space loss, and the structure-only baseline; prints the real-space MAE
-        (within the model cutoff, raw and after the optimal μS), the band-energy error within ±2 eV
-        of E_F at off-training k-points, and the ghost-band count, as JSON.
-    python benchmarks/ml_model.py speed --atoms 8 64
-        forward+backward time per structure of the default model on Si (gth-dzvp shells), and the
-        fraction of it spent in the reciprocal-space loss.
+python benchmarks/ml_model.py learn 'DATA/*.h5' --steps 400 --cutoff 6
+    trains the same model three ways on the same structures, at equal steps: real-space loss only,
+    real-space + reciprocal-space loss, and the structure-only baseline; prints the real-space MAE
+    (within the model cutoff, raw and after the optimal μS), the band-energy error within ±2 eV
+    of E_F at off-training k-points, and the ghost-band count, as JSON.
+python benchmarks/ml_model.py speed --atoms 8 64
+    forward+backward time per structure of the default model on Si (gth-dzvp shells), and the
+    fraction of it spent in the reciprocal-space loss.
 """
 
 from __future__ import annotations
@@ -106,15 +106,17 @@ def speed(args) -> dict:
 
     from aiida_nextham.hamiltonian.basis import Basis
     from aiida_nextham.hamiltonian.synthetic import random_block_hamiltonian
-    from aiida_nextham.ml.graph import build_graph
     from aiida_nextham.ml.dataset import Sample
+    from aiida_nextham.ml.graph import build_graph
 
     results = {}
     for n_atoms in args.atoms:
         repeat = {2: (1, 1, 1), 8: (1, 1, 1), 16: (2, 1, 1), 64: (2, 2, 2), 216: (3, 3, 3)}[n_atoms]
         atoms = bulk('Si', 'diamond', a=5.43, cubic=n_atoms != 2) * repeat
         atoms.rattle(0.05, seed=0)
-        bh = random_block_hamiltonian(atoms, Basis.from_shells({'Si': [0, 0, 1, 1, 2]}), args.block_cutoff, seed=0)
+        bh = random_block_hamiltonian(
+            atoms, Basis.from_shells({'Si': [0, 0, 1, 1, 2]}), args.block_cutoff, seed=0
+        )
         bh = bh.replace(h0=bh.hamiltonian * 0.95, n_electrons=4.0 * n_atoms)
         sample = Sample(build_graph(bh, args.cutoff, dtype=torch.float32), bh, None, 0)
         torch.manual_seed(0)
@@ -123,7 +125,14 @@ def speed(args) -> dict:
         timings = {}
         for label, weight in (('real_only', 0.0), ('real_recip', 1.0)):
             trainer = Trainer(
-                model, [sample], TrainConfig(steps=10**6, batch_size=1, n_kpoints=args.kpoints, loss=LossConfig(reciprocal_weight=weight))
+                model,
+                [sample],
+                TrainConfig(
+                    steps=10**6,
+                    batch_size=1,
+                    n_kpoints=args.kpoints,
+                    loss=LossConfig(reciprocal_weight=weight),
+                ),
             )
             trainer.train_step()  # warm-up
             start = time.perf_counter()
@@ -143,7 +152,9 @@ def speed(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('learn')
     p.add_argument('data')
@@ -162,7 +173,11 @@ def main() -> None:
     p.add_argument('--repeats', type=int, default=3)
     args = parser.parse_args()
     results = learn(args) if args.command == 'learn' else speed(args)
-    machine = {'cpu_threads': torch.get_num_threads(), 'platform': platform.platform(), 'torch': torch.__version__}
+    machine = {
+        'cpu_threads': torch.get_num_threads(),
+        'platform': platform.platform(),
+        'torch': torch.__version__,
+    }
     print(json.dumps({'command': args.command, 'machine': machine, 'results': results}, indent=1))
 
 

@@ -405,9 +405,15 @@ def cmd_bands(
 
 
 def _register_subcommands() -> None:
+    from .bench_command import bench
     from .dft_command import dft
+    from .predict_command import predict
+    from .train_command import train
 
+    cli.add_command(bench)
     cli.add_command(dft)
+    cli.add_command(predict)
+    cli.add_command(train)
 
 
 _register_subcommands()

@@ -1,0 +1,99 @@
+"""``nextham bench``: reproducible benchmarks that print a table and write JSON.
+
+``nextham bench accuracy TEST.h5... --model DIR [--model DIR ...]`` compares H0 alone and every model
+against the DFT labels of the test files (MAE of H raw and after μS, band error around E_F, gap
+error, ghost bands).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import click
+
+__all__ = ['bench']
+
+
+@click.group('bench')
+def bench():
+    """Benchmarks: accuracy against DFT labels (and, with `nextham predict`, speed)."""
+
+
+@bench.command('accuracy')
+@click.argument(
+    'test_files', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    '--model',
+    'models',
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help='Model folder to evaluate (repeat for several, e.g. NextHAM and structure-only).',
+)
+@click.option(
+    '--window',
+    nargs=2,
+    type=float,
+    default=(-2.0, 2.0),
+    show_default=True,
+    help='Energy window around E_F of the band error and ghost count, eV.',
+)
+@click.option(
+    '--kdensity',
+    type=float,
+    default=20.0,
+    show_default=True,
+    help='k-points per Å⁻¹ of the evaluation mesh (Γ-centred).',
+)
+@click.option('--ghost-tolerance', type=float, default=0.1, show_default=True, help='eV.')
+@click.option('-o', '--output', type=click.Path(dir_okay=False, path_type=Path), help='Write the JSON here.')
+def accuracy(test_files, models, window, kdensity, ghost_tolerance, output):
+    """Accuracy of H0 and of MODELs on the labelled TEST_FILES."""
+    from ..hamiltonian.hdf5 import read_hdf5
+    from ..ml.predictor import predict_hamiltonian
+    from ..ml.serialization import load_model
+
+    truths = [read_hdf5(path) for path in test_files]
+    missing = [
+        str(p) for p, bh in zip(test_files, truths, strict=True) if bh.h0 is None or bh.overlap is None
+    ]
+    if missing:
+        raise click.ClickException(f'test files need H0, H and S (labels): {missing}')
+    options = {'window': tuple(window), 'kdensity': kdensity, 'ghost_tolerance': ghost_tolerance}
+    results = {'h0_alone': _run([(bh.replace(hamiltonian=bh.h0), bh) for bh in truths], options)}
+    for folder in models:
+        model = load_model(folder)
+        start = time.perf_counter()
+        predicted = [predict_hamiltonian(model, bh) for bh in truths]
+        seconds = time.perf_counter() - start
+        results[folder.name] = _run(list(zip(predicted, truths, strict=True)), options)
+        results[folder.name]['summary']['inference_seconds'] = seconds
+    report = {
+        'benchmark': 'accuracy',
+        'test_files': [str(p) for p in test_files],
+        'options': options,
+        'machine': {'platform': platform.platform(), 'python': platform.python_version()},
+        'results': results,
+    }
+    _print_table(results)
+    if output:
+        output.write_text(json.dumps(report, indent=1))
+        click.echo(f'wrote {output}')
+
+
+def _run(pairs, options) -> dict:
+    from ..ml.evaluation import evaluate_pairs, summarise
+
+    rows = evaluate_pairs(pairs, **options)
+    return {'summary': summarise(rows), 'structures': rows}
+
+
+def _print_table(results: dict) -> None:
+    columns = ('mae_raw', 'mae_shifted', 'band_mae', 'band_max', 'gap_error', 'ghost_bands')
+    click.echo(f'{"":24s}' + ''.join(f'{c:>13s}' for c in columns))
+    for name, result in results.items():
+        summary = result['summary']
+        click.echo(f'{name:24s}' + ''.join(f'{summary[c]:13.3f}' for c in columns))
