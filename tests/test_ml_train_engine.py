@@ -31,6 +31,7 @@ from aiida_nextham.hamiltonian.basis import Basis
 from aiida_nextham.hamiltonian.hdf5 import read_hdf5, write_hdf5
 from aiida_nextham.ml.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
 from aiida_nextham.ml.dataset import HamiltonianDataset
+from aiida_nextham.ml.inference import Coverage
 from aiida_nextham.ml.predictor import predict_hamiltonian
 from aiida_nextham.ml.run_config import ConfigError, RunConfig, load_run_config
 from aiida_nextham.ml.serialization import load_model
@@ -356,6 +357,10 @@ def test_cli_trains_and_writes_model_checkpoint_logs_and_curves(labels, tmp_path
     assert all(len(f['sha256']) == 64 for f in provenance['dataset']['files'])
     assert provenance['split']['train'] and provenance['seeds'] == {'split': 0, 'train': 0}
     assert {'torch', 'e3nn', 'aiida_nextham'} <= set(provenance['versions'])
+    # what `nextham predict` needs to build a matching H0 and to refuse other bases
+    assert provenance['dft'] == {'basis': 'gth-szv', 'pseudo': 'gth-pbe', 'xc': 'pbe', 'init_guess': 'atom'}
+    assert provenance['coverage']['elements']['Si']['shells'] == [0, 1]
+    assert Coverage.from_metadata(metadata).describe() == 'Si (gth-szv: s p)'
     assert provenance['run_config']['train']['steps'] == 10
     assert [p.name for p in list_checkpoints(out / 'checkpoints')] == ['step-00000008', 'step-00000010']
     assert read_checkpoint(out / 'checkpoints' / 'step-00000010').metadata['epoch'] == 5

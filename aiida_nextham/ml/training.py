@@ -768,6 +768,34 @@ def _file_records(paths: list[Path]) -> list[dict]:
     return records
 
 
+#: settings of the label engine that the H0 of a prediction must reproduce
+H0_SETTINGS = ('basis_set', 'pseudo', 'xc', 'init_guess')
+
+
+def _label_engine(paths: list[Path]) -> dict:
+    """H0 settings shared by the label files (from their metadata); a conflict between files raises."""
+    import h5py
+
+    found: dict[str, tuple[str, Path]] = {}
+    for path in paths:
+        with h5py.File(path, 'r') as handle:
+            metadata = json.loads(handle.attrs.get('metadata', '{}'))
+        for key in H0_SETTINGS:
+            value = metadata.get(key)
+            if value is None:
+                continue
+            if key in found and found[key][0] != value:
+                raise DatasetError(
+                    f'{path}: {key} is {value!r} but {found[key][1]} has {found[key][0]!r}; '
+                    'the H0 of one model must come from one engine setting'
+                )
+            found.setdefault(key, (value, path))
+    engine = {key: value for key, (value, _) in found.items()}
+    if 'basis_set' in engine:
+        engine['basis'] = engine.pop('basis_set')
+    return engine
+
+
 def _config_changes(old: dict, new: dict, prefix: str = '') -> list[str]:
     changes = []
     for key in sorted(set(old) | set(new)):
@@ -1194,7 +1222,9 @@ class TrainingRun:
 
     def provenance(self) -> dict:
         return {
-            'dataset': {'files': _file_records(self.dataset.paths), 'coverage': self.coverage},
+            'dataset': {'files': _file_records(self.dataset.paths)},
+            'coverage': self.coverage,
+            'dft': _label_engine(self.dataset.paths),
             'split': self.split_description,
             'seeds': {'split': self.config.data.seed, 'train': self.cfg.seed},
             'run_config': self.config.as_dict(),
