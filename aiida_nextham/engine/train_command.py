@@ -96,7 +96,7 @@ def run_training(config, *, resume: bool = False) -> dict:
     import torch.distributed as dist
 
     from ..ml.run_config import RunConfig, load_run_config
-    from ..ml.training import TrainingRun
+    from ..ml.training_run import TrainingRun
 
     if not isinstance(config, RunConfig):
         config = load_run_config(config)
@@ -144,7 +144,7 @@ def train(
 ) -> None:
     """Train a NextHAM model on the label files named in CONFIG (YAML or JSON); see examples/train_si.yaml."""
     from ..ml.run_config import load_run_config
-    from ..ml.training import write_status
+    from ..ml.training_log import write_status
 
     main = int(os.environ.get('RANK', '0')) == 0
     destination = None if output is None else output.expanduser().resolve()
