@@ -1,5 +1,6 @@
 """AiiDA data types of aiida-nextham."""
 
 from .hamiltonian import HamiltonianData
+from .model import ModelData
 
-__all__ = ('HamiltonianData',)
+__all__ = ('HamiltonianData', 'ModelData')
