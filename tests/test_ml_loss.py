@@ -214,7 +214,7 @@ def test_gauge_shift_is_free_only_with_gauge(gapped, gapped_targets):
     assert aware['real_shift'] == pytest.approx(MU, abs=1e-12)
     assert aware['recip_shift'] == pytest.approx(MU, abs=1e-12)
 
-    _, plain = _loss_terms(gapped, shifted, gapped_targets, gauge=False)
+    _, plain = _loss_terms(gapped, shifted, gapped_targets, gauge=False, normalize_columns=False)
     # known values: real space |μ S| averaged; in k space D = μ·1 (C is S-orthonormal)
     assert plain['real_l1'] == pytest.approx(1000 * MU * np.abs(gapped.overlap).mean(), rel=1e-12)
     assert plain['real_mse'] == pytest.approx(1e6 * MU**2 * np.square(gapped.overlap).mean(), rel=1e-12)
@@ -333,7 +333,9 @@ def test_spinor_layout_expand_reduce_and_loss():
     shifted = spinor.replace(hamiltonian=pred.numpy())
     assert hamiltonian_mae(shifted, spinor)['mae'] <= 1e-9
     assert hamiltonian_mae(shifted, spinor)['shift'] == pytest.approx(MU, abs=1e-12)
-    _, off = HamiltonianLoss(LossConfig(gauge=False))(pred, h, overlap, reciprocal=data)
+    _, off = HamiltonianLoss(LossConfig(gauge=False, normalize_columns=False))(
+        pred, h, overlap, reciprocal=data
+    )
     assert off['recip_pp'] == pytest.approx(
         1e6 * MU**2 * targets.p_mask.sum() / np.square(targets.p_mask.sum(1)).sum()
     )
@@ -431,3 +433,47 @@ def test_reciprocal_float32(gapped, gapped_targets):
     np.testing.assert_allclose(
         scipy.linalg.eigh(h, s, eigvals_only=True), gapped_targets.energies[0], atol=1e-10
     )
+
+
+def _mapped(bh, name, t):
+    """Flat blocks T B T^T of every pair (one map T for every atom)."""
+    offsets = bh.block_offsets(name)
+    blocks = [t @ bh.block(name, k) @ t.T for k in range(bh.n_pairs)]
+    assert len(blocks) == len(offsets) - 1
+    return np.concatenate([b.ravel() for b in blocks])
+
+
+def _onsite_identity(bh):
+    """Flat blocks with the identity on every on-site block and zero elsewhere."""
+    onsite = (bh.pairs[:, 3] == bh.pairs[:, 4]) & ~bh.pairs[:, :3].any(axis=1)
+    return np.concatenate([np.eye(*bh.block_shape('S', k)).ravel() * onsite[k] for k in range(bh.n_pairs)])
+
+
+@pytest.mark.filterwarnings('ignore::aiida_nextham.hamiltonian.bloch.OverlapWarning')
+def test_normalised_band_terms_are_bounded_by_the_error_in_a_near_dependent_basis():
+    """Two almost identical s orbitals per atom: S(k) nearly singular, C has huge coefficients. The raw
+    band terms blow a small real-space error up by ~1/s_min; the normalised ones stay below ||δH||²."""
+    atoms = bulk('Si', 'diamond', a=5.43)
+    bh = random_block_hamiltonian(atoms, Basis.from_shells({'Si': [0, 1]}), cutoff=4.0, seed=3)
+    bh = bh.replace(n_electrons=8.0)
+    # the s orbital twice (plus 1e-6 on the diagonal of S): a nearly linearly dependent basis
+    twin = Basis.from_shells({'Si': [0, 0, 1]})
+    expand = np.zeros((5, 4))
+    expand[0, 0] = expand[1, 0] = 1.0
+    expand[2:, 1:] = np.eye(3)
+    doubled = bh.replace(basis=twin, hamiltonian=_mapped(bh, 'H', expand), overlap=_mapped(bh, 'S', expand))
+    doubled = doubled.replace(overlap=doubled.overlap + 1e-6 * _onsite_identity(doubled))
+    targets = ReciprocalTargets.from_hamiltonian(doubled, n_kpoints=3, window_above_fermi=1.0)
+    data = ReciprocalTensors.from_targets(targets, doubled)
+    assert float(np.abs(targets.eigenvectors).max()) > 30  # the ill-conditioning this is about
+    noise = _hermitian_noise(doubled, seed=4) * 1e-3  # ~1 meV per element
+    pred = _t(doubled.hamiltonian + noise)
+    raw = reciprocal_terms(pred, data)
+    normalised = reciprocal_terms(pred, data, normalize_columns=True)
+    bound = 1e6 * float(np.linalg.norm(noise)) ** 2  # meV², a (loose) bound on every |δH|_2²
+    assert max(raw['pp'], raw['pq']) > 10 * max(normalised['pp'], normalised['pq'])
+    assert max(float(normalised[k]) for k in ('pp', 'qq', 'pq')) < bound
+    # and the normalised terms stay exactly gauge-free and zero for the truth
+    shifted = reciprocal_terms(_t(doubled.hamiltonian + MU * doubled.overlap), data, normalize_columns=True)
+    assert max(float(shifted[k]) for k in ('pp', 'qq', 'pq')) <= 1e-9
+    assert float(shifted['shift']) == pytest.approx(MU, abs=1e-9)

@@ -232,8 +232,17 @@ def reciprocal_terms(
     q_weight: float = 0.1,
     gauge: bool = True,
     window_above_fermi: float | None = None,
+    normalize_columns: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Band terms of A = C† H_pred(k) C against diag(E_true), in meV² per matrix entry.
+
+    ``normalize_columns`` divides D_mn by |c_m| |c_n| (Euclidean norms of the coefficient vectors).
+    In a nearly linearly dependent basis (gth-dzvp with long cutoffs: S(k) eigenvalues down to 1e-5)
+    S-orthonormal eigenvectors have huge coefficients along the near-null directions of S, and
+    C† δH C amplifies a meV error of H by up to 1/s_min; normalised, every entry is bounded by the
+    spectral norm of δH and the loss stays on the scale of the real-space error, while bands of a
+    well-conditioned basis (|c| ≈ 1) are weighted as before. The gauge μ* then weights band n by
+    |c_n|⁻⁴ (still closed form).
 
     With D = A − diag(E) (minus μ*·1 with ``gauge``): ``pp`` = mean |D_PP|², ``qq`` = mean |D_QQ|²,
     ``pq`` = mean |D_PQ|² (P–Q coupling, which is what creates ghost states; computed as D_QP, equal
@@ -261,14 +270,21 @@ def reciprocal_terms(
     energies = data.energies[:, :n_cols]
     p_cols, q_cols = p[:, :n_cols], q[:, :n_cols]
     diagonal = a.diagonal(dim1=-2, dim2=-1).real - energies  # (nk, n_cols)
+    if normalize_columns:
+        norms = c.abs().square().sum(dim=1).sqrt().to(energies.dtype)  # (nk, nb)
+        scale = norms[:, :, None] * norms[:, None, :n_cols]
+    else:
+        scale = torch.ones((), dtype=energies.dtype, device=energies.device)
+    inverse_square = 1.0 / scale.diagonal(dim1=-2, dim2=-1).square() if normalize_columns else 1.0
     shift = diagonal.new_zeros(())
     if gauge:
         n_pp, n_qq = p.sum(-1).square().sum(), q.sum(-1).square().sum()
         weights = p_cols * (p_weight / n_pp.clamp_min(1.0)) + q_cols * (q_weight / n_qq.clamp_min(1.0))
+        weights = weights * inverse_square  # the gauge moves normalised diagonal n by μ / |c_n|²
         if float(weights.sum()) > 0:
             shift = (weights * diagonal).sum() / weights.sum()
     eye = torch.eye(n_bands, n_cols, dtype=energies.dtype, device=energies.device)
-    squares = (a - eye * (energies + shift)[:, None, :]).abs().square() * MEV**2
+    squares = ((a - eye * (energies + shift)[:, None, :]) / scale).abs().square() * MEV**2
     terms = {'pp': _block_mean(squares, p, p_cols), 'pq': _block_mean(squares, q, p_cols), 'shift': shift}
     if q_weight > 0:
         terms['qq'] = _block_mean(squares, q, q_cols)
@@ -290,6 +306,8 @@ class LossConfig:
     :param q_weight: weight of |D_QQ|² (remaining bands; usually small; 0 also skips its cost).
     :param pq_weight: weight of |D_PQ|² (the ghost-state suppressor).
     :param window_above_fermi: eV above E_F still in P; None uses the window the targets were built with.
+    :param normalize_columns: divide the band terms by the coefficient norms of the eigenvectors
+        (see :func:`reciprocal_terms`; on by default: labels in large Gaussian bases need it).
     """
 
     real_kind: Literal['l1', 'mse', 'both'] = 'both'
@@ -301,6 +319,7 @@ class LossConfig:
     q_weight: float = 0.1
     pq_weight: float = 1.0
     window_above_fermi: float | None = None
+    normalize_columns: bool = True
 
     def __post_init__(self):
         if self.real_kind not in ('l1', 'mse', 'both'):
@@ -356,6 +375,7 @@ class HamiltonianLoss:
                 q_weight=cfg.q_weight,
                 gauge=cfg.gauge,
                 window_above_fermi=cfg.window_above_fermi,
+                normalize_columns=cfg.normalize_columns,
             )
             band = cfg.p_weight * recip['pp'] + cfg.pq_weight * recip['pq']
             if 'qq' in recip:
