@@ -1,22 +1,11 @@
 #!/usr/bin/env bash
-# Quickstart on the embedded default profile: import a real DeepH Hamiltonian (MoTe2 monolayer)
-# as a provenance-tracked node, compute its band structure with a calcfunction and plot it.
-#   bash examples/quickstart.sh            (run by ./dev quickstart, inside the venv)
+# Quickstart (run by ./dev quickstart, inside the venv): `aiida-nextham quickstart` sets up or reuses
+# the embedded profile, runs the DFT label of silicon (NexthamDftBaseWorkChain, PySCF) and writes
+# quickstart-output/si_bands_h_vs_h0.png, the band structures of the self-consistent H and of H0.
+#   bash examples/quickstart.sh [--protocol balanced] [other aiida-nextham quickstart options]
+# Environment: NEXTHAM_PROFILE (default nextham), NEXTHAM_OUT (default ./quickstart-output).
+# The DeepH import example that used to be the quickstart is examples/import_deeph.sh.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
 profile=${NEXTHAM_PROFILE:-nextham}
-realdata=${NEXTHAM_REALDATA:-$here/../../shared/realdata}
-source_folder=$realdata/deeph_new_MoTe2_bands_deephdock/tests/compute/eigen/eigen.bak/MoTe2
 out=${NEXTHAM_OUT:-$PWD/quickstart-output}
-mkdir -p "$out"
-
-# embedded profile (SQLite storage, aiida-core's bundled ZeroMQ broker), the local computer, the
-# nextham code and the GTH pseudopotential family; reused when it already exists
-aiida-nextham setup --profile "$profile"
-
-imported=$(verdi -p "$profile" data nextham import "$source_folder" --label MoTe2-quickstart)
-echo "$imported"
-pk=$(echo "$imported" | sed -nE 's/.*HamiltonianData<([0-9]+)>.*/\1/p')
-verdi -p "$profile" data nextham show "$pk"
-verdi -p "$profile" data nextham bands "$pk" --npoints 150 -o "$out/MoTe2_bands.png"
-echo "Band structure plot: $out/MoTe2_bands.png"
+exec aiida-nextham quickstart --profile "$profile" --output-dir "$out" "$@"

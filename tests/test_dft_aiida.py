@@ -443,3 +443,120 @@ def test_builder_from_protocol(nextham_code, gth_family):
     assert builder.dft.mode.value == 'h0'
     with pytest.raises(ValueError, match='protocol'):
         NexthamDftBaseWorkChain.get_builder_from_protocol(nextham_code, _si(), protocol='sloppy')
+
+
+# ------------------------------------------------------------------------------ dataset command (CLI)
+def test_dataset_command_rejects_bad_usage(run_cli_command, nextham_code, tmp_path):
+    from aiida_nextham.cli import cmd_root
+
+    path = tmp_path / 'si.cif'
+    _si().get_ase().write(path)
+    base = ['dataset', '-n', 1, '--seed', 0, '--code', nextham_code.pk]
+    cases = {
+        'exactly one': base,  # neither a file nor --structure-pk
+        '--wait only applies': [*base, path, '--wait'],
+        '--export-dir needs': [*base, path, '--daemon', '--export-dir', tmp_path / 'x'],
+        'one integer or three': [*base, path, '--supercell', '2 2'],
+        'not valid JSON': [*base, path, '--overrides', '{cutoff: 4}'],
+    }
+    for message, args in cases.items():
+        result = run_cli_command(cmd_root, args, raises=True)
+        assert message in result.output, (message, result.output)
+    structure = _si().store()
+    result = run_cli_command(cmd_root, [*base, path, '--structure-pk', structure.pk], raises=True)
+    assert 'exactly one' in result.output
+
+
+def test_job_slot_script_limits_concurrency(tmp_path):
+    """The job-slot prologue lets at most N scripts past it at a time (flock on N slot files)."""
+    import subprocess
+    import time
+
+    from aiida_nextham.cli.dataset import job_slot_script
+
+    script = job_slot_script(2, str(tmp_path / 'slots'))
+    log = tmp_path / 'log'
+    body = f'{script}\necho start $(date +%s.%N) >> {log}; sleep 1; echo end $(date +%s.%N) >> {log}\n'
+    start = time.monotonic()
+    jobs = [subprocess.Popen(['bash', '-c', body]) for _ in range(3)]
+    assert all(job.wait(timeout=30) == 0 for job in jobs)
+    events = sorted(
+        (float(stamp), 1 if kind == 'start' else -1)
+        for kind, stamp in (line.split() for line in log.read_text().splitlines())
+    )
+    running = peak = 0
+    for _, change in events:
+        running += change
+        peak = max(peak, running)
+    assert peak == 2 and len(events) == 6
+    assert time.monotonic() - start >= 2.0  # the third job waited for a slot
+
+
+@pytest.mark.slow
+def test_dataset_command_tiny(run_cli_command, nextham_code, gth_family, tmp_path):
+    """`aiida-nextham dataset` from a CIF file: two H0 labels, one job slot, Group, summary, export."""
+    from aiida_nextham.cli import cmd_root
+    from aiida_nextham.data.hamiltonian import HamiltonianData
+    from aiida_nextham.hamiltonian.hdf5 import read_hdf5
+
+    path = tmp_path / 'si.cif'
+    _si().get_ase().write(path)
+    overrides = {k: v for k, v in _overrides().items() if k != 'threads'}
+    export = tmp_path / 'export'
+    args = [
+        'dataset',
+        path,
+        '-n',
+        2,
+        '--rattle',
+        0.02,
+        '--seed',
+        5,
+        '--protocol',
+        'fast',
+        '--overrides',
+        json.dumps(overrides),
+        '--mode',
+        'h0',
+        '--group',
+        'test/cli-dataset',
+        '--code',
+        nextham_code.pk,
+        '--run',
+        '--max-concurrent',
+        1,
+        '--export-dir',
+        export,
+    ]
+    result = run_cli_command(cmd_root, args)
+    assert 'test/cli-dataset' in result.output and '2 ok, 0 failed of 2' in result.output, result.output
+    group = orm.load_group('test/cli-dataset')
+    assert group.count() == 2 and all(isinstance(n, HamiltonianData) for n in group.nodes)
+    node = orm.QueryBuilder().append(
+        orm.WorkflowNode, filters={'attributes.process_label': 'NexthamDatasetWorkChain'}
+    )
+    dataset = node.order_by({orm.WorkflowNode: {'ctime': 'desc'}}).first(flat=True)
+    assert dataset.is_finished_ok and f'Dict<{dataset.outputs.summary.pk}>' in result.output
+    assert dataset.inputs.recipe.get_dict() == {
+        'supercell': 1,
+        'n_structures': 2,
+        'rattle': 0.02,
+        'strain': 0.0,
+        'seed': 5,
+    }
+    assert dataset.inputs.parent_structure.label == 'si.cif'
+    calcs = [n for n in dataset.called_descendants if isinstance(n, orm.CalcJobNode)]
+    assert len(calcs) == 2
+    for calc in calcs:
+        assert 'flock -n 9' in calc.get_option('prepend_text')
+        assert calc.inputs.parameters['threads'] == 1  # the command's default
+    manifest = json.loads((export / 'dataset.json').read_text())
+    assert sorted(manifest['files']) == ['structure_0000', 'structure_0001']
+    assert manifest['recipe']['seed'] == 5 and manifest['mode'] == 'h0'
+    assert manifest['pseudo_family'] == gth_family.label
+    for key, entry in manifest['files'].items():
+        bh = read_hdf5(export / entry['file'])
+        node = orm.load_node(entry['hamiltonian_uuid'])
+        assert node.base.extras.get('dataset_key') == key
+        assert bh.n_pairs == node.get_block_hamiltonian().n_pairs
+        assert entry['structure_uuid'] and entry['engine_seconds'] > 0

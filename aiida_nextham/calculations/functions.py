@@ -18,6 +18,7 @@ __all__ = (
     'BAND_PARAMETERS',
     'compute_bands',
     'band_kpath',
+    'select_matrix',
     'get_band_path',
     'kpath_to_kpointsdata',
     'kpointsdata_to_array',
@@ -25,6 +26,7 @@ __all__ = (
 
 #: keys accepted in the ``parameters`` input of :func:`compute_bands`, with their meaning
 BAND_PARAMETERS: dict[str, str] = {
+    'matrix': "which Hamiltonian to diagonalise: 'H' (default) or 'H0' (the zeroth-step one of DFT labels).",
     'mesh': 'Monkhorst-Pack mesh [n1, n2, n3] for the Fermi level, gap and DOS (default: from the cell).',
     'n_electrons': 'valence electrons per cell (default: the Hamiltonian’s own count).',
     'smearing': "Fermi-level smearing: gaussian (default), methfessel-paxton, fermi-dirac or 'none'.",
@@ -86,11 +88,17 @@ def get_band_path(hamiltonian: HamiltonianData, path: str = 'auto', npoints: int
     return kpath_to_kpointsdata(band_kpath(hamiltonian, path, npoints), lattice)
 
 
+#: matrices :func:`compute_bands` can diagonalise (with the overlap S)
+BAND_MATRICES = ('H', 'H0')
+
+
 def _validate_parameters(parameters: dict) -> dict:
     """Check the ``parameters`` of :func:`compute_bands` before any diagonalisation (ValueError)."""
     unknown = sorted(set(parameters) - set(BAND_PARAMETERS))
     if unknown:
         raise ValueError(f'unknown parameters {unknown}; accepted: {sorted(BAND_PARAMETERS)}')
+    if parameters.get('matrix', 'H') not in BAND_MATRICES:
+        raise ValueError(f'matrix must be one of {BAND_MATRICES}, got {parameters["matrix"]!r}')
     if parameters.get('mesh') is not None:
         mesh = parameters['mesh']
         parameters['mesh'] = parse_mesh(
@@ -105,6 +113,22 @@ def _validate_parameters(parameters: dict) -> dict:
                 f'dos_emax must exceed dos_emin, got {parameters["dos_emin"]}..{parameters["dos_emax"]}'
             )
     return parameters
+
+
+def select_matrix(bh, matrix: str = 'H'):
+    """``bh`` itself for ``'H'``; for ``'H0'`` a copy whose Hamiltonian is the stored H0 (ValueError if none).
+
+    The copy keeps S and the electron count but not the Fermi level, which belongs to H.
+    """
+    if matrix == 'H':
+        return bh
+    if matrix != 'H0':
+        raise ValueError(f'matrix must be one of {BAND_MATRICES}, got {matrix!r}')
+    if bh.h0 is None:
+        raise ValueError(
+            'the Hamiltonian has no H0 blocks (DFT labels and `nextham dft --mode h0` have them)'
+        )
+    return bh.replace(hamiltonian=bh.h0, h0=None, fermi_level=None)
 
 
 def _to_builtin(value):
@@ -123,14 +147,16 @@ def compute_bands(
 
     :param hamiltonian: the block Hamiltonian.
     :param kpoints: fractional k-points (explicit list, labels kept; or a mesh) of the Hamiltonian's cell.
-    :param parameters: optional settings, see ``BAND_PARAMETERS`` (mesh, n_electrons, dos, ...).
+    :param parameters: optional settings, see ``BAND_PARAMETERS`` (matrix, mesh, n_electrons, dos, ...);
+        ``matrix='H0'`` gives the bands of the zeroth-step Hamiltonian stored with a DFT label.
     :returns: ``bands`` (BandsData, eV, not shifted), ``output_parameters`` (Dict: fermi_level, gap, vbm,
         cbm, is_metal, ...) and, when ``parameters['dos']`` is true, ``dos`` (XyData, states/eV/cell).
     """
     from ..hamiltonian.spectra import band_energies, band_gap, density_of_states
 
     settings = _validate_parameters(dict(parameters.get_dict()) if parameters is not None else {})
-    bh = hamiltonian.get_block_hamiltonian()
+    matrix = settings.get('matrix', 'H')
+    bh = select_matrix(hamiltonian.get_block_hamiltonian(), matrix)
     try:
         cell = np.asarray(kpoints.cell, dtype=np.float64)
     except AttributeError:
@@ -179,6 +205,7 @@ def compute_bands(
 
     output = {
         'units': 'eV',
+        'matrix': matrix,
         'spin': bh.spin,
         'n_kpoints': int(len(kpts)),
         'n_bands': int(energies.shape[1]),

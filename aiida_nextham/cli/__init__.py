@@ -5,7 +5,9 @@ from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import options, types
 
 from .data import data_nextham
+from .dataset import cmd_dataset
 from .install import cmd_install
+from .quickstart import cmd_quickstart
 from .setup import cmd_setup
 
 __all__ = ('cmd_root',)
@@ -21,3 +23,5 @@ def cmd_root():
 cmd_root.add_command(data_nextham, name='data')
 cmd_root.add_command(cmd_install, name='install')
 cmd_root.add_command(cmd_setup, name='setup')
+cmd_root.add_command(cmd_quickstart, name='quickstart')
+cmd_root.add_command(cmd_dataset, name='dataset')

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from .kpath import KPath
 
-__all__ = ['plot_bands', 'plot_dos', 'tick_label']
+__all__ = ['plot_band_comparison', 'plot_bands', 'plot_dos', 'tick_label']
 
 
 def tick_label(label: str) -> str:
@@ -87,6 +87,68 @@ def plot_bands(
     if title:
         axes.set_title(title)
     figure.tight_layout()
+    _save(figure, path_png, dpi)
+    return figure
+
+
+def plot_band_comparison(
+    kpath: KPath,
+    energies: np.ndarray,
+    reference: np.ndarray,
+    path_png: str | Path | None = None,
+    *,
+    zero: float = 0.0,
+    reference_zero: float = 0.0,
+    labels: tuple[str, str] = ('H', 'reference'),
+    zero_label: str = 'Fermi level',
+    ylabel: str = r'$E - E_\mathrm{F}$ (eV)',
+    title: str | None = None,
+    emin: float | None = None,
+    emax: float | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """Two band structures along the same ``kpath``, each relative to its own energy zero.
+
+    ``energies`` (nk, n) are drawn solid, ``reference`` (nk, m) dashed; ``zero`` and ``reference_zero``
+    (eV) are subtracted from them (e.g. each one's Fermi level or valence-band maximum), so the plot
+    compares band shapes, not the absolute energy scale. A dotted line marks the common zero.
+
+    :param labels: legend entries of ``energies`` and ``reference``.
+    :param zero_label: legend entry of the zero line (what the zero is).
+    :param ylabel: y-axis label.
+    :param emin, emax: energy window relative to the zero.
+    """
+    energies = np.asarray(energies, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    for name, values in (('energies', energies), ('reference', reference)):
+        if values.ndim != 2 or values.shape[0] != len(kpath):
+            raise ValueError(f'{name} must have shape ({len(kpath)}, n_bands), got {values.shape}')
+    figure = Figure(figsize=(6.4, 5.2))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    x = kpath.distances
+    solid = axes.plot(x, energies - float(zero), color='tab:blue', linewidth=1.2)
+    dashed = axes.plot(
+        x, reference - float(reference_zero), color='tab:orange', linewidth=1.2, linestyle='--'
+    )
+    positions, names = _ticks(kpath)
+    axes.set_xticks(positions, names)
+    for position in positions:
+        axes.axvline(position, color='0.6', linewidth=0.6)
+    line = axes.axhline(0.0, color='tab:red', linewidth=0.8, linestyle=':')
+    figure.legend(
+        [solid[0], dashed[0], line],
+        [labels[0], labels[1], zero_label],
+        loc='lower center',
+        ncol=2,
+        frameon=False,
+    )
+    axes.set_ylabel(ylabel)
+    axes.set_xlim(x[0], x[-1] if x[-1] > x[0] else x[0] + 1)
+    axes.set_ylim(emin, emax)
+    if title:
+        axes.set_title(title)
+    figure.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))  # room for the legend below the axes
     _save(figure, path_png, dpi)
     return figure
 
