@@ -97,3 +97,81 @@ def _print_table(results: dict) -> None:
     for name, result in results.items():
         summary = result['summary']
         click.echo(f'{name:24s}' + ''.join(f'{summary[c]:13.3f}' for c in columns))
+
+
+@bench.command('speed')
+@click.argument(
+    'structures', nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option('--model', required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option('--protocol', default='balanced', show_default=True, help='Engine protocol of H0 and SCF.')
+@click.option(
+    '--scf-max-atoms',
+    type=int,
+    default=16,
+    show_default=True,
+    help='Run the full SCF only for structures with at most this many atoms.',
+)
+@click.option('-o', '--output', type=click.Path(dir_okay=False, path_type=Path), help='Write the JSON here.')
+def speed(structures, model, protocol, scf_max_atoms, output):
+    """Wall time of `nextham predict` (H0 + inference + bands) versus the full SCF label, per structure.
+
+    Every run is a separate process (imports included), one after the other, so the ratios compare
+    like with like on a shared machine.
+    """
+    import os
+    import sys
+    import tempfile
+
+    from ase.io import read
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for path in structures:
+            n_atoms = len(read(path))
+            row = {'structure': path.name, 'n_atoms': n_atoms, 'load_before': os.getloadavg()[0]}
+            out = Path(scratch) / path.stem
+            command = [sys.executable, '-m', 'aiida_nextham.engine.cli', 'predict', str(model), str(path)]
+            command += ['--protocol', protocol, '--bands', '-o', str(out / 'predict')]
+            row['predict_seconds'], summary = _timed(command, out / 'predict' / 'summary.json')
+            entry = (summary.get('structures') or [{}])[0]
+            row['predict_phases'] = entry.get('timings', {})
+            if n_atoms <= scf_max_atoms:
+                command = [
+                    sys.executable,
+                    '-m',
+                    'aiida_nextham.engine.dft_command',
+                    str(path),
+                    '--mode',
+                    'label',
+                ]
+                command += [
+                    '--protocol',
+                    protocol,
+                    '-o',
+                    str(out / 'label.h5'),
+                    '--summary',
+                    str(out / 'label.json'),
+                ]
+                row['scf_seconds'], label = _timed(command, out / 'label.json')
+                row['scf_phases'] = {k: label.get('timings', {}).get(k) for k in ('scf', 'h0_build', 'total')}
+                row['speedup'] = row['scf_seconds'] / row['predict_seconds']
+            rows.append(row)
+            click.echo(json.dumps(row))
+    report = {'benchmark': 'speed', 'model': str(model), 'protocol': protocol, 'results': rows}
+    if output:
+        output.write_text(json.dumps(report, indent=1))
+        click.echo(f'wrote {output}')
+
+
+def _timed(command: list[str], summary: Path) -> tuple[float, dict]:
+    import subprocess
+
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise click.ClickException(
+            f'{" ".join(command)} failed ({result.returncode}): {result.stderr[-2000:]}'
+        )
+    return seconds, json.loads(summary.read_text()) if summary.is_file() else {}
