@@ -366,3 +366,26 @@ def test_dense_overlap_check_by_cholesky(si54, monkeypatch):
     assert bloch.smallest_overlap_eigenvalue(indefinite) == pytest.approx(-1e-3, rel=1e-4)
     with pytest.raises(bloch.IllConditionedOverlapError):
         bloch.eigh_generalized(bloch.bloch_sum(si54, 'H', k), indefinite)
+
+
+def test_canonical_orthogonalisation_removes_ghosts_of_a_dependent_basis():
+    """A basis function duplicated (S nearly singular): a 1e-4 eV error of H along the near-null
+    direction throws a spurious eigenvalue into the spectrum; ``lindep`` removes that direction and
+    returns the two physical eigenvalues, with +inf in place of the removed one."""
+    import scipy.linalg
+
+    from aiida_nextham.hamiltonian.bloch import eigh_generalized
+
+    rng = np.random.default_rng(0)
+    h2 = np.array([[-1.0, 0.3], [0.3, 2.0]])
+    t = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # the first function twice
+    s = t @ t.T + 1e-8 * np.eye(3)
+    noise = rng.normal(size=(3, 3)) * 1e-4
+    h = t @ h2 @ t.T + (noise + noise.T) / 2
+    physical = np.linalg.eigvalsh(h2)
+    plain = scipy.linalg.eigh(h, s, eigvals_only=True)  # what eigh_generalized does without lindep
+    assert np.abs(plain[:2] - physical).max() > 0.1 or np.abs(plain).max() > 100  # a ghost
+    values, vectors = eigh_generalized(h, s, eigvals_only=False, lindep=1e-6)
+    np.testing.assert_allclose(values[:2], physical, atol=1e-3)
+    assert values[2] == np.inf and not vectors[:, 2].any()
+    np.testing.assert_allclose(vectors[:, :2].T @ s @ vectors[:, :2], np.eye(2), atol=1e-8)

@@ -49,8 +49,15 @@ def bench():
     help='k-points per Å⁻¹ of the evaluation mesh (Γ-centred).',
 )
 @click.option('--ghost-tolerance', type=float, default=0.1, show_default=True, help='eV.')
+@click.option(
+    '--lindep',
+    type=float,
+    default=None,
+    help='Drop directions of S(k) with eigenvalues below this fraction of the largest (canonical '
+    'orthogonalisation) before computing bands; for nearly dependent bases such as gth-dzvp.',
+)
 @click.option('-o', '--output', type=click.Path(dir_okay=False, path_type=Path), help='Write the JSON here.')
-def accuracy(test_files, models, window, kdensity, ghost_tolerance, output):
+def accuracy(test_files, models, window, kdensity, ghost_tolerance, lindep, output):
     """Accuracy of H0 and of MODELs on the labelled TEST_FILES."""
     from ..hamiltonian.hdf5 import read_hdf5
     from ..ml.predictor import predict_hamiltonian
@@ -62,7 +69,12 @@ def accuracy(test_files, models, window, kdensity, ghost_tolerance, output):
     ]
     if missing:
         raise click.ClickException(f'test files need H0, H and S (labels): {missing}')
-    options = {'window': tuple(window), 'kdensity': kdensity, 'ghost_tolerance': ghost_tolerance}
+    options = {
+        'window': tuple(window),
+        'kdensity': kdensity,
+        'ghost_tolerance': ghost_tolerance,
+        'lindep': lindep,
+    }
     results = {'h0_alone': _run([(bh.replace(hamiltonian=bh.h0), bh) for bh in truths], options)}
     for folder in models:
         model = load_model(folder)

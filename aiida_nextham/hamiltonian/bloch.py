@@ -153,19 +153,46 @@ def smallest_overlap_eigenvalue(s: np.ndarray) -> float:
     return 1.0 / float(np.real(largest))
 
 
-def eigh_generalized(h: np.ndarray, s: np.ndarray, *, eigvals_only: bool = True, kpoint=None):
+def eigh_generalized(
+    h: np.ndarray, s: np.ndarray, *, eigvals_only: bool = True, kpoint=None, lindep: float | None = None
+):
     """Solve H c = ε S c for one k-point, after checking S's smallest eigenvalue.
 
-    :raises IllConditionedOverlapError: when S is singular or not positive definite.
+    :param lindep: canonical orthogonalisation: drop the directions of S with eigenvalues below
+        ``lindep`` × its largest one and solve in the rest (what Gaussian-basis DFT codes do with a
+        linearly dependent basis). The missing eigenvalues are returned as +inf at the top (their
+        eigenvectors as zero columns), so shapes do not change. In a nearly dependent basis, errors
+        of H along those directions become "ghost" eigenvalues anywhere in the spectrum.
+    :raises IllConditionedOverlapError: when S is singular or not positive definite (without ``lindep``).
     """
-    _check_overlap(smallest_overlap_eigenvalue(s), kpoint)
-    return scipy.linalg.eigh(h, s, eigvals_only=eigvals_only, check_finite=False)
+    if lindep is None:
+        _check_overlap(smallest_overlap_eigenvalue(s), kpoint)
+        return scipy.linalg.eigh(h, s, eigvals_only=eigvals_only, check_finite=False)
+    w, v = np.linalg.eigh(s)
+    keep = w > lindep * w[-1]
+    x = v[:, keep] / np.sqrt(w[keep])
+    values, vectors = np.linalg.eigh(x.conj().T @ h @ x)
+    padded = np.full(len(h), np.inf)
+    padded[: len(values)] = values
+    if eigvals_only:
+        return padded
+    coefficients = np.zeros((len(h), len(h)), dtype=np.result_type(h, s, float))
+    coefficients[:, : len(values)] = x @ vectors
+    return padded, coefficients
 
 
 def eigenvalues(
-    bh: BlockHamiltonian, kpoints: np.ndarray, *, name: str = 'H', progress: bool = False
+    bh: BlockHamiltonian,
+    kpoints: np.ndarray,
+    *,
+    name: str = 'H',
+    progress: bool = False,
+    lindep: float | None = None,
 ) -> np.ndarray:
-    """Band energies (eV) at fractional ``kpoints``, shape (n_k, n_states), ascending."""
+    """Band energies (eV) at fractional ``kpoints``, shape (n_k, n_states), ascending.
+
+    :param lindep: see :func:`eigh_generalized` (removed states come back as +inf at the top).
+    """
     from tqdm.auto import tqdm
 
     kpoints = np.atleast_2d(np.asarray(kpoints, dtype=np.float64))
@@ -173,5 +200,5 @@ def eigenvalues(
     for n, k in enumerate(tqdm(kpoints, desc='eigenvalues', unit='k', disable=not progress)):
         h = bloch_sum(bh, name, k)
         s = bloch_sum(bh, 'S', k)
-        out[n] = eigh_generalized(h, s, kpoint=k)
+        out[n] = eigh_generalized(h, s, kpoint=k, lindep=lindep)
     return out

@@ -40,12 +40,17 @@ _SQRT_PI = np.sqrt(np.pi)
 _CUTOFF = {'gaussian': 8.0, 'methfessel-paxton': 8.0, 'fermi-dirac': 40.0}
 
 
-def band_energies(bh: BlockHamiltonian, kpoints, progress: bool = False) -> np.ndarray:
-    """Band energies (eV) at fractional k-points (array (nk, 3) or a KPath), shape (nk, n_states)."""
+def band_energies(
+    bh: BlockHamiltonian, kpoints, progress: bool = False, lindep: float | None = None
+) -> np.ndarray:
+    """Band energies (eV) at fractional k-points (array (nk, 3) or a KPath), shape (nk, n_states).
+
+    :param lindep: drop near-null directions of S (relative threshold; see ``bloch.eigh_generalized``).
+    """
     from .bloch import eigenvalues
 
     kpoints = getattr(kpoints, 'kpoints', kpoints)
-    return eigenvalues(bh, kpoints, progress=progress)
+    return eigenvalues(bh, kpoints, progress=progress, lindep=lindep)
 
 
 def monkhorst_pack(mesh, *, gamma_centered: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -108,14 +108,14 @@ def _reference_fermi(bh: BlockHamiltonian, energies: np.ndarray) -> float:
     return float(bh.fermi_level) if bh.fermi_level is not None else _fermi_from_count(bh, energies)
 
 
-def _aligned_bands(pred, true, kpoints, align: str) -> tuple[np.ndarray, np.ndarray, float]:
+def _aligned_bands(pred, true, kpoints, align: str, lindep=None) -> tuple[np.ndarray, np.ndarray, float]:
     """(pred energies shifted by the alignment, true energies, applied shift in eV)."""
     from ..hamiltonian.spectra import band_energies
 
     if align not in ('shift', 'fermi', 'none'):
         raise ValueError(f"align must be 'shift', 'fermi' or 'none', got {align!r}")
-    e_true = band_energies(true, kpoints)
-    e_pred = band_energies(pred, kpoints)
+    e_true = band_energies(true, kpoints, lindep=lindep)
+    e_pred = band_energies(pred, kpoints, lindep=lindep)
     if align == 'shift':
         offset = real_space_shift(pred, true)
     elif align == 'fermi':
@@ -132,8 +132,12 @@ def band_energy_error(
     window: tuple[float, float] = (-3.0, 3.0),
     *,
     align: str = 'shift',
+    lindep: float | None = None,
 ) -> dict:
     """Band-energy error (meV) of the true bands inside ``window`` (eV relative to the true E_F).
+
+    ``lindep``: solve both in the basis without the near-null directions of S (see
+    ``hamiltonian.bloch.eigh_generalized``), as Gaussian-basis codes do for dependent bases.
 
     Bands are compared by index at each k-point, after aligning the predicted bands:
     ``'shift'`` subtracts the real-space gauge μ* (default; exact for a pure μS error), ``'fermi'``
@@ -144,7 +148,7 @@ def band_energy_error(
     :param kpoints: (nk, 3) fractional k-points.
     :return: ``{'mae', 'max', 'n_values', 'fermi_level', 'shift'}`` (meV; E_F and shift in eV).
     """
-    e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align)
+    e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align, lindep)
     fermi = _reference_fermi(true, e_true)
     inside = (e_true >= fermi + window[0]) & (e_true <= fermi + window[1])
     difference = MEV * np.abs(e_pred - e_true)[inside]
@@ -194,6 +198,7 @@ def count_ghost_bands(
     tolerance: float = 0.1,
     *,
     align: str = 'shift',
+    lindep: float | None = None,
 ) -> dict:
     """:func:`ghost_bands` of two block Hamiltonians at ``kpoints``.
 
@@ -201,7 +206,7 @@ def count_ghost_bands(
     ``kpoints``); predicted bands are aligned as in :func:`band_energy_error`.
     :return: the :func:`ghost_bands` dict plus ``fermi_level`` and ``shift`` (eV).
     """
-    e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align)
+    e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align, lindep)
     fermi = _reference_fermi(true, e_true)
     result = ghost_bands(e_pred, e_true, (fermi + window[0], fermi + window[1]), tolerance)
     return {**result, 'fermi_level': fermi, 'shift': float(offset)}
