@@ -368,3 +368,15 @@ def test_cli_trains_and_writes_model_checkpoint_logs_and_curves(labels, tmp_path
     assert (out / 'learning_curves.png').read_bytes()[:8] == PNG_MAGIC
     status = json.loads((out / 'status.json').read_text())
     assert status['status'] == 'finished' and status['exit_code'] == 0
+
+
+def test_label_engine_settings_skip_sandbox_pseudo_files(tmp_path):
+    """Labels made by the AiiDA CalcJob name their pseudopotential file (``pseudo/gth.dat``): that is no
+    setting a prediction could reproduce, so the model records none (and predict uses the protocol's)."""
+    from aiida_nextham.ml.training_run import _label_engine
+
+    source = read_hdf5(LABELS[0])
+    path = write_hdf5(
+        source.replace(metadata={**source.metadata, 'pseudo': 'pseudo/gth.dat'}), tmp_path / 'a.h5'
+    )
+    assert _label_engine([path]) == {'basis': 'gth-szv', 'xc': 'pbe', 'init_guess': 'atom'}

@@ -103,6 +103,10 @@ def _file_records(paths: list[Path]) -> list[dict]:
 H0_SETTINGS = ('basis_set', 'pseudo', 'xc', 'init_guess')
 
 
+def _is_file_path(value) -> bool:
+    return isinstance(value, str) and ('/' in value or value.endswith('.dat'))
+
+
 def _label_engine(paths: list[Path]) -> dict:
     """H0 settings shared by the label files (from their metadata); a conflict between files raises."""
     import h5py
@@ -113,8 +117,8 @@ def _label_engine(paths: list[Path]) -> dict:
             metadata = json.loads(handle.attrs.get('metadata', '{}'))
         for key in H0_SETTINGS:
             value = metadata.get(key)
-            if value is None:
-                continue
+            if value is None or (key == 'pseudo' and _is_file_path(value)):
+                continue  # a pseudopotential file of the run (AiiDA sandbox): its name says nothing
             if key in found and found[key][0] != value:
                 raise DatasetError(
                     f'{path}: {key} is {value!r} but {found[key][1]} has {found[key][0]!r}; '
