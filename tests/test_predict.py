@@ -317,3 +317,20 @@ def test_cli_refusals(cli_model, tmp_path):
     h0_file = DATA / 'si2_rattled_0.h5'
     result = _run([cli_model, tmp_path / 'si.cif', '--h0', h0_file, '-o', tmp_path], EXIT_H0_INVALID)
     assert 'does not describe the structure' in ' '.join(result.output.split())
+
+
+def test_cli_lindep_removes_states_and_keeps_the_spectra_finite(cli_model, tmp_path):
+    """--lindep: the near-null directions of S are dropped (canonical orthogonalisation); bands, Fermi
+    level, gap and DOS stay finite; a threshold so high that it removes bands shows in the band count."""
+    h0_file = DATA / 'si2_rattled_0.h5'
+    summary = _summary(
+        _run([cli_model, '--h0', h0_file, '--bands', '--dos', '--lindep', '0.05', '-o', tmp_path])
+    )
+    (entry,) = summary['structures']
+    bands = np.asarray(
+        json.loads((tmp_path / 'si2_rattled_0.bands.json').read_text())['energies'], dtype=float
+    )
+    dos = json.loads((tmp_path / 'si2_rattled_0.dos.json').read_text())
+    assert np.isfinite(entry['fermi_level']) and entry['gap']['gap'] is not None
+    assert np.isfinite(dos['dos']).all()
+    assert np.isinf(bands).any() and np.isfinite(bands[:, :4]).all()  # 4 occupied bands kept

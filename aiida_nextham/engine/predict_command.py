@@ -159,7 +159,7 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
     if bh.n_electrons is None:
         return {'spectra': 'skipped: the electron count is unknown'}, {}
     files: dict[str, str] = {}
-    fermi = resolve_fermi_level(bh, mesh=options['mesh'])
+    fermi = resolve_fermi_level(bh, mesh=options['mesh'], lindep=options['lindep'])
     level = fermi['fermi_level']
     summary = {'fermi_level': level, 'n_electrons': fermi['n_electrons'], 'mesh': fermi['mesh']}
     energies = [fermi['energies']]
@@ -172,7 +172,7 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
             numbers=bh.numbers,
             periodic=bh.periodic,
         )
-        path_energies = band_energies(bh, kpath.kpoints)
+        path_energies = band_energies(bh, kpath.kpoints, lindep=options['lindep'])
         energies.append(path_energies)
         from ..hamiltonian.plotting import plot_bands
 
@@ -203,7 +203,8 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
     if options['dos']:
         from ..hamiltonian.plotting import plot_dos
 
-        grid = np.arange(fermi['energies'].min() - 1.0, fermi['energies'].max() + 1.0, DOS_STEP)
+        finite = fermi['energies'][np.isfinite(fermi['energies'])]  # lindep: removed states are +inf
+        grid = np.arange(finite.min() - 1.0, finite.max() + 1.0, DOS_STEP)
         dos = density_of_states(
             fermi['energies'], fermi['weights'], grid, width=DOS_WIDTH, spin_degeneracy=spin_degeneracy(bh)
         )
@@ -300,6 +301,14 @@ def _device(name: str) -> str:
 )
 @click.option('--npoints', type=click.IntRange(min=2), default=100, show_default=True)
 @click.option('--mesh', default=None, metavar='N1xN2xN3', help='k-mesh of the Fermi level and DOS.')
+@click.option(
+    '--lindep',
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help='Bands without the directions of S(k) below this fraction of its largest eigenvalue (canonical '
+    'orthogonalisation): in nearly dependent bases (gth-dzvp, long cutoffs) tiny errors of the predicted '
+    'H along them become ghost bands; 1e-3 removes them (see docs/benchmarks.md).',
+)
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--structure-format', default=None, help='ASE format of STRUCTURES (default: guessed).')
 @click.option('--summary', type=click.Path(path_type=Path), default=None, help='Also write the summary here.')
@@ -319,6 +328,7 @@ def predict(
     kpath: str,
     npoints: int,
     mesh: str | None,
+    lindep: float | None,
     device: str,
     structure_format: str | None,
     summary: Path | None,
@@ -333,7 +343,14 @@ def predict(
     if summary is not None:
         check_destination(summary)
     outdir.mkdir(parents=True, exist_ok=True)
-    options = {'bands': bands, 'dos': dos, 'kpath': kpath, 'npoints': npoints, 'mesh': parse_mesh(mesh)}
+    options = {
+        'bands': bands,
+        'dos': dos,
+        'kpath': kpath,
+        'npoints': npoints,
+        'mesh': parse_mesh(mesh),
+        'lindep': lindep,
+    }
     inputs = list(structures or h0_files)
     report: dict = {'model': str(model), 'protocol': protocol, 'outdir': str(outdir), 'structures': []}
     start = time.perf_counter()

@@ -166,8 +166,9 @@ def fermi_level(
     def excess(mu: float) -> float:
         return electron_count(energies, weights, mu, smearing, width, spin_degeneracy) - n_electrons
 
-    low = energies.min() - _CUTOFF[smearing] * width
-    high = energies.max() + _CUTOFF[smearing] * width
+    finite = energies[np.isfinite(energies)]  # states removed by `lindep` come as +inf
+    low = finite.min() - _CUTOFF[smearing] * width
+    high = finite.max() + _CUTOFF[smearing] * width
     for _ in range(200):
         middle = 0.5 * (low + high)
         if excess(middle) < 0:
