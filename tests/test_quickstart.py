@@ -1,8 +1,10 @@
 """``aiida-nextham quickstart``: the H vs H0 band figure, band selection in compute_bands, the CLI wiring.
 
-The full quickstart (fast protocol: 12 Å blocks, 3³ SCF mesh) takes 1-3 minutes; the CLI test runs
-the same code path with tiny engine settings (6 Å blocks, 2³ mesh, no self-check) given through
-``--overrides``, so its bands are not physical but every node, file and message is made.
+The first part of the quickstart (fast protocol: 12 Å blocks, 3³ SCF mesh) takes 1-3 minutes; the CLI
+test runs the same code path with tiny engine settings (6 Å blocks, 2³ mesh, no self-check) given
+through ``--overrides`` and ``--skip-ml``, so its bands are not physical but every node, file and
+message is made. The ML part (dataset -> training -> prediction -> validation, ~5 minutes) is checked
+here for its inputs only; tests/test_aiida_pipeline.py runs the same chain of processes end to end.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def test_quickstart_command_help(run_cli_command):
     from aiida_nextham.cli import cmd_root
 
     result = run_cli_command(cmd_root, ['quickstart', '--help'])
-    for option in ('--profile', '--output-dir', '--protocol', '--overrides', '--npoints'):
+    for option in ('--profile', '--output-dir', '--protocol', '--overrides', '--npoints', '--skip-ml'):
         assert option in result.output
     result = run_cli_command(cmd_root, ['quickstart', '--overrides', '[1, 2]'], raises=True)
     assert 'JSON object' in result.output
@@ -121,7 +123,10 @@ def test_quickstart_command_help(run_cli_command):
 
 @pytest.mark.slow
 def test_quickstart_end_to_end_tiny(run_cli_command, aiida_profile, tmp_path):
-    """The whole quickstart on the test profile with tiny engine settings: nodes, provenance, figure."""
+    """The first part of the quickstart (``--skip-ml``) on the test profile with tiny engine settings.
+
+    The ML part (steps 4-7) is covered piece by piece in tests/test_aiida_pipeline.py.
+    """
     from aiida_nextham.cli import cmd_root
     from aiida_nextham.cli.quickstart import GROUP_LABEL
 
@@ -137,6 +142,7 @@ def test_quickstart_end_to_end_tiny(run_cli_command, aiida_profile, tmp_path):
         json.dumps(TINY_OVERRIDES),
         '--npoints',
         30,
+        '--skip-ml',
     ]
     result = run_cli_command(cmd_root, args)
     output = result.output
@@ -202,3 +208,42 @@ def test_quickstart_rejects_bad_overrides(run_cli_command, aiida_profile, tmp_pa
     args = ['quickstart', '--profile', aiida_profile.name, '-o', tmp_path, '--overrides', '{"damping": 1.5}']
     result = run_cli_command(cmd_root, args, raises=True)
     assert 'cannot build the DFT work chain' in result.output and 'damping' in result.output
+
+
+def test_ml_structures_and_dataset_builder(aiida_localhost):
+    """The ML part's structures are generated with provenance; the dataset labels them with job slots."""
+    from aiida_nextham.cli.quickstart import (
+        ML_CONFIG,
+        ML_RECIPE,
+        SUPERCELL_RECIPE,
+        _dataset_builder,
+        ml_structures,
+        silicon_structure,
+    )
+    from aiida_nextham.cli.setup import get_or_create_code
+    from aiida_nextham.data.pseudo import install_pyscf_gth_family
+    from aiida_nextham.ml.run_config import RunConfig
+
+    parent = silicon_structure().store()
+    structures = ml_structures(parent)
+    n_train = ML_RECIPE['n_structures'] - 1
+    assert list(structures)[: n_train + 1] == [f'train_si2_{i}' for i in range(n_train)] + ['test_si2']
+    (supercell,) = [key for key in structures if key.startswith('supercell_')]
+    assert sorted(structures)[0] == supercell  # submitted first: the longest label starts first
+    n_atoms = 2 * int(np.prod(SUPERCELL_RECIPE['supercell']))
+    assert len(structures[supercell].sites) == n_atoms > 2 and supercell == f'supercell_si{n_atoms}'
+    for structure in structures.values():
+        assert structure.creator.process_label == 'generate_structures'
+        assert structure.creator.inputs.parent.pk == parent.pk
+    positions = [s.get_ase().positions for s in structures.values() if len(s.sites) == 2]
+    assert all(abs(p - positions[0]).max() > 1e-3 for p in positions[1:])  # all different
+
+    code, _ = get_or_create_code(aiida_localhost)
+    family, _ = install_pyscf_gth_family('pbe')
+    builder = _dataset_builder(code, family, parent, structures, max_concurrent=2)
+    assert builder.base.dft.parameters['protocol'] == 'fast'
+    assert builder.base.dft.parameters['basis'] == 'gth-szv'
+    assert builder.base.dft.parameters['threads'] == 1
+    assert 'flock -n 9' in builder.base.dft.metadata.options.prepend_text
+    assert set(builder.structures) == set(structures)
+    RunConfig.from_dict({**ML_CONFIG, 'data': {**ML_CONFIG['data'], 'paths': ['x.h5']}})  # a valid config
