@@ -129,11 +129,13 @@ def h0_prediction(code, model, labels):
     builder.model = model
     builder.h0 = {'rattled_2': labels[2]}
     builder.parameters = orm.Dict(
-        {'bands': True, 'npoints': NPOINTS, 'dos': True, 'mesh': [4, 4, 4], 'device': 'cpu'}
+        # lindep 1e-9 removes nothing from this szv basis: the spectra are those without it
+        {'bands': True, 'npoints': NPOINTS, 'dos': True, 'mesh': [4, 4, 4], 'device': 'cpu', 'lindep': 1e-9}
     )
     builder.metadata.options.environment_variables = OPTIONS['environment_variables']
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert "'--lindep' '1e-09'" in node.base.repository.get_object_content('_aiidasubmit.sh')
     return results, node
 
 
@@ -248,6 +250,7 @@ def test_refusals_before_any_job(code, gth_family, model, labels):
     refused('reserved', h0={'summary': labels[0]})
     refused('does not describe', h0={'x': labels[0]}, structures={'x': si})
     refused('unknown parameters', h0={'x': labels[0]}, parameters=orm.Dict({'npoint': 3}))
+    refused('lindep must be a positive number', h0={'x': labels[0]}, parameters=orm.Dict({'lindep': -1e-3}))
     kpoints = seekpath_band_path(si, orm.Dict({'path': 'auto', 'npoints': NPOINTS}))
     refused('kpoints: ', h0={'x': labels[0]}, kpoints=kpoints)  # the path of another cell
     assert orm.QueryBuilder().append(orm.CalcJobNode).count() == n_jobs
