@@ -20,7 +20,7 @@ import numpy as np
 
 from .basis import Basis
 
-__all__ = ['SPIN_SHAPES', 'BlockHamiltonian', 'HamiltonianError', 'MATRICES']
+__all__ = ['SPIN_SHAPES', 'BlockHamiltonian', 'HamiltonianError', 'MATRICES', 'find_pairs', 'partner_rows']
 
 SPIN_SHAPES: dict[str, tuple[int, ...]] = {'none': (), 'spinor': (2, 2)}
 MATRICES = ('H', 'S', 'H0')
@@ -215,9 +215,7 @@ class BlockHamiltonian:
 
     def partner_index(self) -> np.ndarray:
         """Row of the hermitian partner (-R, j, i) of each pair, or -1 when it is not stored."""
-        index = self.pair_index
-        partners = self.pairs[:, [0, 1, 2, 4, 3]] * np.array([-1, -1, -1, 1, 1])
-        return np.array([index.get(tuple(int(x) for x in row), -1) for row in partners], dtype=np.int64)
+        return partner_rows(self.pairs, self.n_atoms)
 
     def hermiticity_error(self, name: str = 'H') -> float:
         """max |M_ij(R) - M_ji(-R)^†| over pairs whose partner is stored."""
@@ -306,6 +304,39 @@ class BlockHamiltonian:
             'complex': bool(self.hamiltonian.dtype.kind == 'c'),
             'periodic': list(self.periodic),
         }
+
+
+def _pair_keys(pairs: np.ndarray, n_atoms: int, radius: int) -> np.ndarray:
+    """One int64 key per row (R1, R2, R3, i, j) for |R_k| <= radius, shape (n,)."""
+    width = 2 * radius + 1
+    if width**3 * n_atoms**2 >= 2**62:
+        raise HamiltonianError(f'pair index too large to encode ({n_atoms} atoms, |R| up to {radius})')
+    shifted = pairs[:, :3] + radius
+    cell = (shifted[:, 0] * width + shifted[:, 1]) * width + shifted[:, 2]
+    return (cell * n_atoms + pairs[:, 3]) * n_atoms + pairs[:, 4]
+
+
+def find_pairs(stored: np.ndarray, queries: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Row of each query (R1, R2, R3, i, j) in ``stored``, or -1, shape (n_queries,). Vectorised."""
+    stored = np.asarray(stored, dtype=np.int64).reshape(-1, 5)
+    queries = np.asarray(queries, dtype=np.int64).reshape(-1, 5)
+    if not len(queries):
+        return np.zeros(0, dtype=np.int64)
+    if not len(stored):
+        return np.full(len(queries), -1, dtype=np.int64)
+    radius = int(max(np.abs(stored[:, :3]).max(), np.abs(queries[:, :3]).max()))
+    keys = _pair_keys(stored, n_atoms, radius)
+    order = np.argsort(keys, kind='stable')
+    sorted_keys = keys[order]
+    query_keys = _pair_keys(queries, n_atoms, radius)
+    position = np.minimum(np.searchsorted(sorted_keys, query_keys), len(keys) - 1)
+    return np.where(sorted_keys[position] == query_keys, order[position], -1)
+
+
+def partner_rows(pairs: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Row of the hermitian partner (-R, j, i) of every pair (R, i, j), or -1, shape (n_pairs,)."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 5)
+    return find_pairs(pairs, pairs[:, [0, 1, 2, 4, 3]] * np.array([-1, -1, -1, 1, 1]), n_atoms)
 
 
 def _dagger(block: np.ndarray) -> np.ndarray:

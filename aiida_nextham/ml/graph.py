@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ase.neighborlist import primitive_neighbor_list
 
-from ..hamiltonian.block import BlockHamiltonian
+from ..hamiltonian.block import BlockHamiltonian, find_pairs
 
 __all__ = ['GraphBatch', 'GraphError', 'StructureGraph', 'build_graph', 'collate', 'CUTOFF_TOLERANCE']
 
@@ -95,31 +95,6 @@ class StructureGraph:
 
 
 # ------------------------------------------------------------------------------------------- building
-def _pair_keys(pairs: np.ndarray, n_atoms: int, radius: int) -> np.ndarray:
-    """One int64 key per row (R1, R2, R3, i, j) for |R_k| <= radius, shape (n,)."""
-    width = 2 * radius + 1
-    if width**3 * n_atoms**2 >= 2**62:
-        raise GraphError(f'pair index too large to encode ({n_atoms} atoms, |R| up to {radius})')
-    shifted = pairs[:, :3] + radius
-    cell = (shifted[:, 0] * width + shifted[:, 1]) * width + shifted[:, 2]
-    return (cell * n_atoms + pairs[:, 3]) * n_atoms + pairs[:, 4]
-
-
-def _lookup(stored: np.ndarray, queries: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Row of each query (R1, R2, R3, i, j) in ``stored``, or -1, shape (n_queries,). Vectorised."""
-    if not len(queries):
-        return np.zeros(0, dtype=np.int64)
-    if not len(stored):
-        return np.full(len(queries), -1, dtype=np.int64)
-    radius = int(max(np.abs(stored[:, :3]).max(), np.abs(queries[:, :3]).max()))
-    keys = _pair_keys(stored, n_atoms, radius)
-    order = np.argsort(keys, kind='stable')
-    sorted_keys = keys[order]
-    query_keys = _pair_keys(queries, n_atoms, radius)
-    position = np.minimum(np.searchsorted(sorted_keys, query_keys), len(keys) - 1)
-    return np.where(sorted_keys[position] == query_keys, order[position], -1)
-
-
 def _format_pair(row: np.ndarray) -> str:
     r1, r2, r3, i, j = (int(x) for x in row)
     return f'(i={i}, j={j}, R=({r1}, {r2}, {r3}))'
@@ -134,7 +109,7 @@ def _check_neighbours(bh: BlockHamiltonian, cutoff: float, periodic: tuple[bool,
         'ijSd', periodic, bh.lattice, bh.positions, radius, self_interaction=False
     )
     neighbours = np.column_stack([shifts, i, j]).astype(np.int64)
-    missing = np.flatnonzero(_lookup(bh.pairs, neighbours, bh.n_atoms) < 0)
+    missing = np.flatnonzero(find_pairs(bh.pairs, neighbours, bh.n_atoms) < 0)
     if len(missing):
         first = missing[np.argmin(distances[missing])]
         raise GraphError(
@@ -148,7 +123,7 @@ def _onsite_pairs(bh: BlockHamiltonian) -> np.ndarray:
     """Row of each atom's on-site pair; raise when one is missing. Shape (n_atoms,)."""
     atoms = np.arange(bh.n_atoms)
     onsite = np.column_stack([np.zeros((bh.n_atoms, 3), dtype=np.int64), atoms, atoms])
-    rows = _lookup(bh.pairs, onsite, bh.n_atoms)
+    rows = find_pairs(bh.pairs, onsite, bh.n_atoms)
     if (rows < 0).any():
         missing = atoms[rows < 0].tolist()
         raise GraphError(f'on-site blocks (0, 0, 0, i, i) are missing for atom(s) {missing[:10]}')
@@ -157,8 +132,7 @@ def _onsite_pairs(bh: BlockHamiltonian) -> np.ndarray:
 
 def _partner_pairs(bh: BlockHamiltonian) -> np.ndarray:
     """Row of each pair's hermitian partner (-R, j, i); raise when one is missing. Shape (n_pairs,)."""
-    partners = bh.pairs[:, [0, 1, 2, 4, 3]] * np.array([-1, -1, -1, 1, 1])
-    rows = _lookup(bh.pairs, partners, bh.n_atoms)
+    rows = bh.partner_index()
     if (rows < 0).any():
         missing = np.flatnonzero(rows < 0)
         raise GraphError(

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from e3nn import o3
 
+from ..hamiltonian.block import partner_rows
+
 __all__ = ['BlockLayout', 'OrbitalIrreps', 'shell_pair_matrix']
 
 
@@ -174,16 +176,13 @@ class BlockLayout:
     @staticmethod
     def _transpose_permutation(pairs, counts, offsets) -> np.ndarray:
         """Flat index of element [b, a] of block (j, i, -R) for every element [a, b] of block (i, j, R)."""
-        index = {tuple(p): k for k, p in enumerate(pairs.tolist())}
-        partner = np.empty(len(pairs), dtype=np.int64)
-        for k, (r1, r2, r3, i, j) in enumerate(pairs.tolist()):
-            try:
-                partner[k] = index[-r1, -r2, -r3, j, i]
-            except KeyError:
-                raise ValueError(
-                    f'pair (R={r1, r2, r3}, i={i}, j={j}) has no partner (-R, j, i): complete the '
-                    'Hamiltonian with complete_hermitian() first'
-                ) from None
+        partner = partner_rows(pairs, len(counts))
+        if (partner < 0).any():
+            r1, r2, r3, i, j = pairs[np.flatnonzero(partner < 0)[0]].tolist()
+            raise ValueError(
+                f'pair (R={r1, r2, r3}, i={i}, j={j}) has no partner (-R, j, i): complete the '
+                'Hamiltonian with complete_hermitian() first'
+            )
         perm = np.empty(int(offsets[-1]), dtype=np.int64)
         shape = np.stack([counts[pairs[:, 3]], counts[pairs[:, 4]]], axis=1)
         for ni, nj in np.unique(shape, axis=0):
