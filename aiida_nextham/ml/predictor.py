@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..hamiltonian.block import BlockHamiltonian
-from .graph import GraphBatch, StructureGraph, build_graph, collate
+from .graph import GraphBatch, build_graph, collate
 from .irreps import BlockLayout
 from .loss import SpinorLayout
 from .model import GraphInputs, NexthamModel
@@ -62,27 +62,25 @@ def spinless(bh: BlockHamiltonian, name: str) -> np.ndarray:
     return flat if bh.spin == 'none' else SpinorLayout.from_hamiltonian(bh).reduce(flat)
 
 
-def _h0_features(model: NexthamModel, graph: StructureGraph, layout: BlockLayout, dtype, device):
-    bh = graph.source
+def _h0_features(bh: BlockHamiltonian, layout: BlockLayout, dtype, device) -> torch.Tensor:
+    """(n_pairs, dim) irreps features of the H0 blocks of every pair of ``bh``."""
     if bh.h0 is None:
         raise ValueError(f'{bh.formula}: this model takes H0 as input but the Hamiltonian has none')
-    h0 = spinless(bh, 'H0')
-    features = layout.to_features(torch.as_tensor(h0, dtype=dtype, device=device))
-    return features[graph.node_pair.to(device)], features[graph.edge_pair.to(device)]
+    return layout.to_features(torch.as_tensor(spinless(bh, 'H0'), dtype=dtype, device=device))
 
 
 def predict_batch(model: NexthamModel, batch: GraphBatch) -> list[Prediction]:
     """Run the model on a batch and return ΔH blocks per structure."""
     dtype, device = batch.edge_vec.dtype, batch.edge_vec.device
     layouts = [structure_layout(model, bh) for bh in batch.sources]
+    node_pairs, edge_pairs = batch.split_nodes(batch.node_pair), batch.split_edges(batch.edge_pair)
     node_h0 = edge_h0 = None
     if model.config.use_h0:
-        parts = [
-            _h0_features(model, graph, layout, dtype, device)
-            for graph, layout in zip(_graphs(batch), layouts, strict=True)
+        features = [
+            _h0_features(bh, layout, dtype, device) for bh, layout in zip(batch.sources, layouts, strict=True)
         ]
-        node_h0 = torch.cat([p[0] for p in parts])
-        edge_h0 = torch.cat([p[1] for p in parts])
+        node_h0 = torch.cat([f[pairs] for f, pairs in zip(features, node_pairs, strict=True)])
+        edge_h0 = torch.cat([f[pairs] for f, pairs in zip(features, edge_pairs, strict=True)])
     inputs = GraphInputs(
         batch.numbers, batch.edge_src, batch.edge_dst, batch.edge_vec, batch.edge_reverse, node_h0, edge_h0
     )
@@ -94,7 +92,6 @@ def predict_batch(model: NexthamModel, batch: GraphBatch) -> list[Prediction]:
     edge_traces = (
         batch.split_edges(output.edge_trace) if output.edge_trace is not None else [None] * len(layouts)
     )
-    node_pairs, edge_pairs = batch.split_nodes(batch.node_pair), batch.split_edges(batch.edge_pair)
     predictions = []
     for k, layout in enumerate(layouts):
         features = output.node.new_zeros(layout.n_pairs, model.out_irreps.dim)
@@ -102,21 +99,6 @@ def predict_batch(model: NexthamModel, batch: GraphBatch) -> list[Prediction]:
         features[edge_pairs[k]] = edges[k]
         predictions.append(Prediction(layout.to_flat(features), node_traces[k], edge_traces[k], layout))
     return predictions
-
-
-def _graphs(batch: GraphBatch):
-    """Per-structure views of the batch with local indices (what the H0 encoding needs)."""
-    for k, (node_pair, edge_pair) in enumerate(
-        zip(batch.split_nodes(batch.node_pair), batch.split_edges(batch.edge_pair), strict=True)
-    ):
-        yield _LocalGraph(batch.sources[k], node_pair, edge_pair)
-
-
-@dataclass
-class _LocalGraph:
-    source: BlockHamiltonian
-    node_pair: torch.Tensor
-    edge_pair: torch.Tensor
 
 
 @torch.no_grad()
