@@ -11,7 +11,8 @@ import json
 
 from aiida import orm
 from aiida.common.exceptions import NotExistent
-from aiida.parsers import Parser
+
+from .base import EngineParser, json_safe, last_line
 
 __all__ = ('ERROR_CLASS_EXIT_CODES', 'NexthamDftParser')
 
@@ -30,7 +31,7 @@ ERROR_CLASS_EXIT_CODES = {
 }
 
 
-class NexthamDftParser(Parser):
+class NexthamDftParser(EngineParser):
     """Turn ``summary.json`` and ``hamiltonian.h5`` into ``output_parameters`` and ``hamiltonian``."""
 
     def parse(self, **kwargs):
@@ -53,7 +54,7 @@ class NexthamDftParser(Parser):
         if calc._SUMMARY_FILE not in names:
             stderr = self._read_text(calc._STDERR_FILE, names)
             return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(
-                filenames=calc._SUMMARY_FILE, message=_last_line(stderr)
+                filenames=calc._SUMMARY_FILE, message=last_line(stderr)
             )
         try:
             summary = json.loads(retrieved.base.repository.get_object_content(calc._SUMMARY_FILE))
@@ -129,30 +130,4 @@ class NexthamDftParser(Parser):
                 kind: {'element': pseudo.element, 'name': pseudo.name, 'md5': pseudo.md5, 'uuid': pseudo.uuid}
                 for kind, pseudo in self.node.inputs.pseudos.items()
             }
-        return _json_safe(results)
-
-    def _read_text(self, name: str, names: list[str]) -> str:
-        if name not in names:
-            return ''
-        try:
-            return self.retrieved.base.repository.get_object_content(name)
-        except Exception:
-            return ''
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
-    return lines[-1] if lines else 'no error message'
-
-
-def _json_safe(value):
-    """Replace NaN/inf by None recursively (a Dict node stores JSON)."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
+        return json_safe(results)

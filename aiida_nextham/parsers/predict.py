@@ -8,13 +8,13 @@ still returned as ``results`` so a work chain can read what happened.
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 
 import numpy as np
 from aiida import orm
 from aiida.common.exceptions import NotExistent
-from aiida.parsers import Parser
+
+from .base import EngineParser, json_safe, last_line
 
 __all__ = ('ENGINE_ERROR_EXIT_CODES', 'NexthamPredictParser')
 
@@ -46,7 +46,7 @@ _ENTRY_KEYS = (
 )
 
 
-class NexthamPredictParser(Parser):
+class NexthamPredictParser(EngineParser):
     """``summary.json`` and ``<label>.h5|bands.json|dos.json`` -> ``results`` and the output namespaces."""
 
     def parse(self, **kwargs):
@@ -69,7 +69,7 @@ class NexthamPredictParser(Parser):
 
         if calc._SUMMARY_FILE not in names:
             return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(
-                filenames=calc._SUMMARY_FILE, message=_last_line(self._read_text(calc._STDERR_FILE, names))
+                filenames=calc._SUMMARY_FILE, message=last_line(self._read_text(calc._STDERR_FILE, names))
             )
         try:
             summary = json.loads(retrieved.base.repository.get_object_content(calc._SUMMARY_FILE))
@@ -201,15 +201,7 @@ class NexthamPredictParser(Parser):
                 direct_gap=gap.get('direct_gap'),
                 is_metal=gap.get('is_metal'),
             )
-        return _json_safe(results)
-
-    def _read_text(self, name: str, names: list[str]) -> str:
-        if name not in names:
-            return ''
-        try:
-            return self.retrieved.base.repository.get_object_content(name)
-        except Exception:
-            return ''
+        return json_safe(results)
 
 
 def _bands_data(data: dict, lattice: np.ndarray) -> orm.BandsData:
@@ -242,21 +234,3 @@ def _dos_data(data: dict) -> orm.XyData:
     if data.get('mesh') is not None:
         xy.base.attributes.set('mesh', [int(n) for n in data['mesh']])
     return xy
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
-    return lines[-1] if lines else 'no error message'
-
-
-def _json_safe(value):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (a Dict node stores JSON)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value

@@ -18,7 +18,8 @@ import numpy as np
 from aiida import orm
 from aiida.common.exceptions import NotExistent
 from aiida.engine import ExitCode
-from aiida.parsers import Parser
+
+from .base import EngineParser, json_safe, last_line
 
 __all__ = ('ENGINE_EXIT_CODES', 'NexthamTrainParser')
 
@@ -45,7 +46,7 @@ SCHEDULER_OUT_OF_MEMORY = 110
 _STEP_FOLDER = re.compile(r'^step-(\d{8,})$')
 
 
-class NexthamTrainParser(Parser):
+class NexthamTrainParser(EngineParser):
     """Turn a training run's files into ``model``, ``metrics``, ``learning_curves`` and ``checkpoint``."""
 
     def parse(self, **kwargs):
@@ -80,7 +81,7 @@ class NexthamTrainParser(Parser):
                 return self.exit_codes.ERROR_INTERRUPTED_WITHOUT_CHECKPOINT.format(reason=reason)
             stderr = self._read_text(calc._STDERR_FILE, names)
             return self.exit_codes.ERROR_OUTPUT_FILES_MISSING.format(
-                filenames=calc._STATUS_FILE, message=_last_line(stderr)
+                filenames=calc._STATUS_FILE, message=last_line(stderr)
             )
         try:
             status = json.loads(retrieved.base.repository.get_object_content(calc._STATUS_FILE))
@@ -92,7 +93,7 @@ class NexthamTrainParser(Parser):
             )
 
         metrics = self._metrics(status, records, checkpoint)
-        self.out('metrics', orm.Dict(_json_safe(metrics)))
+        self.out('metrics', orm.Dict(json_safe(metrics)))
         state = status['status']
 
         if state == 'failed':
@@ -204,14 +205,6 @@ class NexthamTrainParser(Parser):
                 found.append((int(match.group(1)), folder))
         return max(found, default=None)
 
-    def _read_text(self, name: str, names: list[str]) -> str:
-        if name not in names:
-            return ''
-        try:
-            return self.retrieved.base.repository.get_object_content(name)
-        except Exception:
-            return ''
-
 
 def learning_curves(records: list[dict]) -> orm.ArrayData:
     """ArrayData of the metrics log: ``train_step``, ``train_loss`` (NaN for skipped steps), ``lr``,
@@ -253,19 +246,3 @@ def checkpoint_folder_data(checkpoint: tuple[int, Path], records: list[dict]) ->
         node.base.repository.put_object_from_filelike(io.BytesIO(text.encode()), 'metrics.jsonl')
     node.base.attributes.set('step', step)
     return node
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
-    return lines[-1] if lines else 'no error message'
-
-
-def _json_safe(value):
-    """Replace NaN/inf by None recursively (a Dict node stores JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value

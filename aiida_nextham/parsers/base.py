@@ -1,0 +1,39 @@
+"""What every parser of a ``nextham`` run needs: safe reads of retrieved files, JSON-safe results."""
+
+from __future__ import annotations
+
+import math
+
+from aiida.parsers import Parser
+
+__all__ = ('EngineParser', 'json_safe', 'last_line')
+
+
+class EngineParser(Parser):
+    """A parser of a ``nextham`` sub-command; reading a retrieved file never raises."""
+
+    def _read_text(self, name: str, names: list[str]) -> str:
+        """Content of the retrieved file ``name`` ('' when it is not among ``names`` or unreadable)."""
+        if name not in names:
+            return ''
+        try:
+            return self.retrieved.base.repository.get_object_content(name)
+        except Exception:
+            return ''
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a log (for exit messages)."""
+    lines = [line.strip() for line in (text or '').splitlines() if line.strip()]
+    return lines[-1] if lines else 'no error message'
+
+
+def json_safe(value):
+    """Replace NaN/inf by None recursively (a Dict node stores JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
