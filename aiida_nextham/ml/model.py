@@ -18,7 +18,7 @@ from e3nn import o3
 from torch import nn
 
 from .config import ModelConfig
-from .irreps import BlockLayout, OrbitalIrreps
+from .irreps import OrbitalIrreps
 from .layers import (
     BesselBasis,
     BilinearTensorProduct,
@@ -216,13 +216,3 @@ class NexthamModel(nn.Module):
         )
         edge = edge * envelope[:, None] * self._expand(self.edge_out_scale)
         return ModelOutput(node, edge, node_trace, edge_trace)
-
-    def blocks(self, output: ModelOutput, layout: BlockLayout, node_pair, edge_pair) -> torch.Tensor:
-        """Flat spinless blocks (BlockHamiltonian layout) of one structure from its output features.
-
-        :param node_pair: (N,) pair index of each atom's on-site block; ``edge_pair`` (E,) likewise.
-        """
-        features = output.node.new_zeros(layout.n_pairs, self.out_irreps.dim)
-        features[node_pair] = output.node
-        features[edge_pair] = output.edge
-        return layout.to_flat(features, hermitian=True)
