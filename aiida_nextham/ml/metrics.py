@@ -14,7 +14,14 @@ from ase.data import chemical_symbols
 
 from ..hamiltonian.block import BlockHamiltonian, HamiltonianError
 
-__all__ = ['band_energy_error', 'count_ghost_bands', 'ghost_bands', 'hamiltonian_mae', 'real_space_shift']
+__all__ = [
+    'band_energy_error',
+    'compare_bands',
+    'count_ghost_bands',
+    'ghost_bands',
+    'hamiltonian_mae',
+    'real_space_shift',
+]
 
 MEV = 1000.0
 
@@ -148,17 +155,7 @@ def band_energy_error(
     :param kpoints: (nk, 3) fractional k-points.
     :return: ``{'mae', 'max', 'n_values', 'fermi_level', 'shift'}`` (meV; E_F and shift in eV).
     """
-    e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align, lindep)
-    fermi = _reference_fermi(true, e_true)
-    inside = (e_true >= fermi + window[0]) & (e_true <= fermi + window[1])
-    difference = MEV * np.abs(e_pred - e_true)[inside]
-    return {
-        'mae': float(difference.mean()) if difference.size else 0.0,
-        'max': float(difference.max()) if difference.size else 0.0,
-        'n_values': int(difference.size),
-        'fermi_level': fermi,
-        'shift': float(offset),
-    }
+    return compare_bands(pred, true, kpoints, window, align=align, lindep=lindep)['band_error']
 
 
 def ghost_bands(
@@ -206,7 +203,42 @@ def count_ghost_bands(
     ``kpoints``); predicted bands are aligned as in :func:`band_energy_error`.
     :return: the :func:`ghost_bands` dict plus ``fermi_level`` and ``shift`` (eV).
     """
+    comparison = compare_bands(pred, true, kpoints, window, tolerance, align=align, lindep=lindep)
+    return {**comparison['ghosts'], 'fermi_level': comparison['fermi_level'], 'shift': comparison['shift']}
+
+
+def compare_bands(
+    pred: BlockHamiltonian,
+    true: BlockHamiltonian,
+    kpoints: np.ndarray,
+    window: tuple[float, float] = (-3.0, 3.0),
+    tolerance: float = 0.1,
+    *,
+    align: str = 'shift',
+    lindep: float | None = None,
+) -> dict:
+    """Band error and ghost bands from one diagonalisation of each Hamiltonian at ``kpoints``.
+
+    :return: ``{'band_error'`` (as :func:`band_energy_error`), ``'ghosts'`` (as :func:`ghost_bands`),
+        ``'fermi_level'``, ``'shift'`` (eV), ``'pred_energies'`` (aligned), ``'true_energies'``}.
+    """
     e_pred, e_true, offset = _aligned_bands(pred, true, kpoints, align, lindep)
     fermi = _reference_fermi(true, e_true)
-    result = ghost_bands(e_pred, e_true, (fermi + window[0], fermi + window[1]), tolerance)
-    return {**result, 'fermi_level': fermi, 'shift': float(offset)}
+    inside = (e_true >= fermi + window[0]) & (e_true <= fermi + window[1])
+    difference = MEV * np.abs(e_pred - e_true)[inside]
+    band_error = {
+        'mae': float(difference.mean()) if difference.size else 0.0,
+        'max': float(difference.max()) if difference.size else 0.0,
+        'n_values': int(difference.size),
+        'fermi_level': fermi,
+        'shift': float(offset),
+    }
+    ghosts = ghost_bands(e_pred, e_true, (fermi + window[0], fermi + window[1]), tolerance)
+    return {
+        'band_error': band_error,
+        'ghosts': ghosts,
+        'fermi_level': fermi,
+        'shift': float(offset),
+        'pred_energies': e_pred,
+        'true_energies': e_true,
+    }
