@@ -129,13 +129,14 @@ def h0_prediction(code, model, labels):
     builder.model = model
     builder.h0 = {'rattled_2': labels[2]}
     builder.parameters = orm.Dict(
-        # lindep 1e-9 removes nothing from this szv basis: the spectra are those without it
-        {'bands': True, 'npoints': NPOINTS, 'dos': True, 'mesh': [4, 4, 4], 'device': 'cpu', 'lindep': 1e-9}
+        # in this well-conditioned szv basis a 1e-9 ghost filter keeps the whole correction
+        {'bands': True, 'npoints': NPOINTS, 'dos': True, 'mesh': [4, 4, 4], 'device': 'cpu'}
+        | {'ghost_filter': 1e-9}
     )
     builder.metadata.options.environment_variables = OPTIONS['environment_variables']
     results, node = run_get_node(builder)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
-    assert "'--lindep' '1e-09'" in node.base.repository.get_object_content('_aiidasubmit.sh')
+    assert "'--ghost-filter' '1e-09'" in node.base.repository.get_object_content('_aiidasubmit.sh')
     return results, node
 
 
@@ -246,11 +247,15 @@ def test_refusals_before_any_job(code, gth_family, model, labels):
 
     refused('give `structures`')
     refused(r"no pseudopotential for the element\(s\) \['Si'\]", structures={'si': si})
-    refused('are used only to build H0', h0={'x': labels[0]}, pseudos={'Si': gth_family.get_pseudo('Si')})
+    refused('used only to build H0', h0={'x': labels[0]}, pseudos={'Si': gth_family.get_pseudo('Si')})
     refused('reserved', h0={'summary': labels[0]})
     refused('does not describe', h0={'x': labels[0]}, structures={'x': si})
     refused('unknown parameters', h0={'x': labels[0]}, parameters=orm.Dict({'npoint': 3}))
-    refused('lindep must be a positive number', h0={'x': labels[0]}, parameters=orm.Dict({'lindep': -1e-3}))
+    refused(
+        r'ghost_filter must be a number in \[0, 1\)',
+        h0={'x': labels[0]},
+        parameters=orm.Dict({'ghost_filter': 1}),
+    )
     kpoints = seekpath_band_path(si, orm.Dict({'path': 'auto', 'npoints': NPOINTS}))
     refused('kpoints: ', h0={'x': labels[0]}, kpoints=kpoints)  # the path of another cell
     assert orm.QueryBuilder().append(orm.CalcJobNode).count() == n_jobs

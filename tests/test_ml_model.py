@@ -109,19 +109,24 @@ def test_permutation_translation_and_periodic_images(sic):
     np.testing.assert_allclose(_delta(model, moved, torch.float64), reference, atol=1e-12)
 
 
-def test_predicted_hamiltonian_is_hermitian_and_keeps_h0_beyond_the_cutoff(sic):
+def test_predicted_hamiltonian_is_hermitian_and_shifts_far_blocks_with_the_near_ones(sic):
     model = _model(2, cutoff=3.0).double()
     predicted = predict_hamiltonian(model, sic, dtype=torch.float64)
     assert predicted.hermiticity_error() < 1e-14
     kpoints = np.random.default_rng(1).random((4, 3))
     hk = bloch_matrices(predicted, 'H', kpoints)
     assert np.abs(hk - np.conj(np.swapaxes(hk, 1, 2))).max() < 1e-12
-    far = sic.distances() > 3.0
-    assert far.any()
-    offsets = sic.block_offsets('H')
-    elements = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in np.flatnonzero(far)])
-    np.testing.assert_array_equal(predicted.hamiltonian[elements], sic.h0[elements])
-    assert np.abs(predicted.hamiltonian - sic.h0).max() > 1e-3
+    far = np.repeat(sic.distances() > 3.0, np.diff(sic.block_offsets('H')))
+    assert far.any() and (sic.overlap[far] != 0).any()
+    delta, overlap = predicted.hamiltonian - sic.h0, sic.overlap
+    shift = (overlap[~far] * delta[~far]).sum() / (overlap[~far] ** 2).sum()
+    assert abs(shift) > 1e-4
+    np.testing.assert_allclose(delta[far], shift * overlap[far], rtol=0, atol=1e-13)
+    assert np.abs(delta[~far]).max() > 1e-3
+    model.config.far_field_shift = False
+    np.testing.assert_array_equal(
+        predict_hamiltonian(model, sic, dtype=torch.float64).hamiltonian[far], sic.h0[far]
+    )
 
 
 def test_structure_only_mode_needs_no_h0_and_rejects_uncovered_elements(sic):

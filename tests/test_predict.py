@@ -22,6 +22,7 @@ from aiida_nextham.engine.cli import cli
 from aiida_nextham.engine.predict_command import EXIT_COVERAGE, EXIT_H0_INVALID, EXIT_MODEL_INVALID
 from aiida_nextham.hamiltonian.basis import Basis
 from aiida_nextham.hamiltonian.hdf5 import read_hdf5
+from aiida_nextham.hamiltonian.spectra import band_energies
 from aiida_nextham.hamiltonian.synthetic import random_block_hamiltonian
 from aiida_nextham.ml.config import ModelConfig
 from aiida_nextham.ml.graph import build_graph
@@ -295,11 +296,12 @@ def test_cli_with_h0_file(cli_model, tmp_path):
     source, bh = read_hdf5(h0_file), read_hdf5(out / 'si2_rattled_0.h5')
     assert np.array_equal(bh.h0, source.h0) and np.array_equal(bh.overlap, source.overlap)
     assert bh.hermiticity_error('H') < 1e-12
-    # the model corrects the blocks within its 4 Å cutoff; those beyond keep H0
-    offsets, far = bh.block_offsets('H'), bh.distances() > 4.0
-    changed = np.array([np.abs(bh.block('H', p) - bh.block('H0', p)).max() > 0 for p in range(bh.n_pairs)])
-    assert changed[~far].all() and not changed[far].any()
-    assert offsets[-1] == bh.hamiltonian.size
+    # the model corrects the blocks within its 4 Å cutoff; those beyond get H0 + μ̂S (far-field shift)
+    far = np.repeat(bh.distances() > 4.0, np.diff(bh.block_offsets('H')))
+    delta, overlap = bh.hamiltonian - bh.h0, bh.overlap
+    assert far.any() and np.abs(delta[~far]).max() > 1e-4
+    shift = (overlap[~far] * delta[~far]).sum() / (overlap[~far] ** 2).sum()
+    np.testing.assert_allclose(delta[far], shift * overlap[far], rtol=0, atol=1e-6)
     dos = json.loads((out / 'si2_rattled_0.dos.json').read_text())
     assert len(dos['energies']) == len(dos['dos']) > 100
 
@@ -319,18 +321,20 @@ def test_cli_refusals(cli_model, tmp_path):
     assert 'does not describe the structure' in ' '.join(result.output.split())
 
 
-def test_cli_lindep_removes_states_and_keeps_the_spectra_finite(cli_model, tmp_path):
-    """--lindep: the near-null directions of S are dropped (canonical orthogonalisation); bands, Fermi
-    level, gap and DOS stay finite; a threshold so high that it removes bands shows in the band count."""
+def test_cli_ghost_filter_is_applied_to_the_written_spectra(cli_model, tmp_path):
+    """--ghost-filter: the spectra are those of the filtered H0 + P(H − H0)P of the written file; 0 is off."""
     h0_file = DATA / 'si2_rattled_0.h5'
-    summary = _summary(
-        _run([cli_model, '--h0', h0_file, '--bands', '--dos', '--lindep', '0.05', '-o', tmp_path])
-    )
-    (entry,) = summary['structures']
-    bands = np.asarray(
-        json.loads((tmp_path / 'si2_rattled_0.bands.json').read_text())['energies'], dtype=float
-    )
-    dos = json.loads((tmp_path / 'si2_rattled_0.dos.json').read_text())
-    assert np.isfinite(entry['fermi_level']) and entry['gap']['gap'] is not None
-    assert np.isfinite(dos['dos']).all()
-    assert np.isinf(bands).any() and np.isfinite(bands[:, :4]).all()  # 4 occupied bands kept
+    bands = {}
+    for value in ('0', '0.3'):
+        out = tmp_path / value
+        summary = _summary(_run([cli_model, '--h0', h0_file, '--bands', '--ghost-filter', value, '-o', out]))
+        (entry,) = summary['structures']
+        assert entry['ghost_filter'] == (float(value) or None) and np.isfinite(entry['fermi_level'])
+        data = json.loads((out / 'si2_rattled_0.bands.json').read_text())
+        bands[value] = np.asarray(data['energies'], dtype=float)
+    predicted = read_hdf5(tmp_path / '0.3' / 'si2_rattled_0.h5')
+    kpoints = np.asarray(data['kpoints'], dtype=float)
+    np.testing.assert_allclose(bands['0.3'], band_energies(predicted, kpoints, ghost_filter=0.3), atol=1e-10)
+    np.testing.assert_allclose(bands['0'], band_energies(predicted, kpoints), atol=1e-10)
+    # S(k) of Si2 in gth-szv has eigenvalues below 0.3 × its largest: the filter changes the bands
+    assert np.abs(bands['0.3'] - bands['0']).max() > 1e-3

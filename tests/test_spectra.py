@@ -368,24 +368,37 @@ def test_dense_overlap_check_by_cholesky(si54, monkeypatch):
         bloch.eigh_generalized(bloch.bloch_sum(si54, 'H', k), indefinite)
 
 
-def test_canonical_orthogonalisation_removes_ghosts_of_a_dependent_basis():
-    """A basis function duplicated (S nearly singular): a 1e-4 eV error of H along the near-null
-    direction throws a spurious eigenvalue into the spectrum; ``lindep`` removes that direction and
-    returns the two physical eigenvalues, with +inf in place of the removed one."""
+def test_ghost_filter_keeps_the_physics_of_a_nearly_dependent_basis():
+    """A basis function duplicated up to a tiny independent part (S eigenvalue 5e-7) whose own energy
+    is 40 eV. H0 and H are exact Kohn–Sham-like matrices of that basis; a 1e-4 eV error of the
+    predicted H throws a ghost into the spectrum, the filtered H0 + P(H − H0)P does not, and with
+    the exact H the filter changes nothing but the part of H − H0 along the dropped direction."""
     import scipy.linalg
 
-    from aiida_nextham.hamiltonian.bloch import eigh_generalized
+    from aiida_nextham.hamiltonian.bloch import eigh_generalized, filter_correction
 
     rng = np.random.default_rng(0)
-    h2 = np.array([[-1.0, 0.3], [0.3, 2.0]])
     t = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # the first function twice
-    s = t @ t.T + 1e-8 * np.eye(3)
+    tiny = np.diag([1e-6, 0.0, 0.0])  # ... plus a tiny independent function on the first copy
+    s = t @ t.T + tiny
+    h0_2, h_2 = np.array([[-1.2, 0.2], [0.2, 1.8]]), np.array([[-1.0, 0.3], [0.3, 2.0]])
+    h0, h_true = t @ h0_2 @ t.T + 40.0 * tiny, t @ h_2 @ t.T + 40.0 * tiny
     noise = rng.normal(size=(3, 3)) * 1e-4
-    h = t @ h2 @ t.T + (noise + noise.T) / 2
-    physical = np.linalg.eigvalsh(h2)
-    plain = scipy.linalg.eigh(h, s, eigvals_only=True)  # what eigh_generalized does without lindep
+    h_pred = h_true + (noise + noise.T) / 2
+    physical = np.linalg.eigvalsh(h_2)
+    exact = scipy.linalg.eigh(h_true, s, eigvals_only=True)
+    np.testing.assert_allclose(exact[:2], physical, atol=1e-6)
+    plain = scipy.linalg.eigh(h_pred, s, eigvals_only=True)
     assert np.abs(plain[:2] - physical).max() > 0.1 or np.abs(plain).max() > 100  # a ghost
-    values, vectors = eigh_generalized(h, s, eigvals_only=False, lindep=1e-6)
-    np.testing.assert_allclose(values[:2], physical, atol=1e-3)
-    assert values[2] == np.inf and not vectors[:, 2].any()
-    np.testing.assert_allclose(vectors[:, :2].T @ s @ vectors[:, :2], np.eye(2), atol=1e-8)
+    filtered = eigh_generalized(h_pred, s, h0=h0, ghost_filter=1e-5)
+    np.testing.assert_allclose(filtered[:2], physical, atol=1e-3)
+    assert filtered[2] > 10.0  # the tiny function keeps H0's energy, far above
+    assert np.array_equal(filter_correction(h_pred, h0, s, 0.0), h_pred)
+    w, u = np.linalg.eigh(s)
+    dropped = u[:, 0]  # the near-null direction (w = 2.5e-7 of the largest)
+    correction = filter_correction(h_pred, h0, s, 1e-5) - h0
+    assert np.abs(correction @ dropped).max() < 1e-14
+    with pytest.raises(ValueError, match='needs H0'):
+        eigh_generalized(h_pred, s, ghost_filter=1e-5)
+    with pytest.raises(ValueError, match=r'\[0, 1\)'):
+        filter_correction(h_pred, h0, s, 1.0)

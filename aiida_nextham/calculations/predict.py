@@ -54,8 +54,9 @@ PREDICT_PARAMETERS: dict[str, str] = {
     'npoints': 'number of k-points along the path (default 100).',
     'mesh': 'Monkhorst-Pack mesh [n1, n2, n3] of the Fermi level, gap and DOS (default: from each cell).',
     'device': "'auto' (CUDA when available, default), 'cpu' or 'cuda'.",
-    'lindep': 'spectra without the directions of S(k) below this fraction of its largest eigenvalue '
-    '(canonical orthogonalisation; 1e-3 removes the ghost bands of gth-dzvp models; default: off).',
+    'ghost_filter': 'spectra with the predicted correction H − H0 kept only along the directions of S(k) '
+    'above this fraction of its largest eigenvalue, in [0, 1); 0 switches it off (default: the engine '
+    'default, see `nextham predict --help`).',
 }
 _PROTOCOLS = ('fast', 'balanced', 'stringent')
 _DEVICES = ('auto', 'cpu', 'cuda')
@@ -92,10 +93,12 @@ def validate_predict_parameters(value: orm.Dict | None, _=None) -> str | None:
             number = parameters[key]
             if isinstance(number, bool) or not isinstance(number, int) or number < low:
                 return f'{key} must be an integer >= {low}, got {number!r}'
-    for key in ('max_memory_mb', 'lindep'):
-        number = parameters.get(key, 1.0)
-        if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
-            return f'{key} must be a positive number, got {number!r}'
+    number = parameters.get('max_memory_mb', 1.0)
+    if isinstance(number, bool) or not isinstance(number, int | float) or not number > 0:
+        return f'max_memory_mb must be a positive number, got {number!r}'
+    number = parameters.get('ghost_filter', 0.0)
+    if isinstance(number, bool) or not isinstance(number, int | float) or not 0 <= number < 1:
+        return f'ghost_filter must be a number in [0, 1), got {number!r}'
     for key in ('bands', 'dos', 'gap'):
         if key in parameters and not isinstance(parameters[key], bool):
             return f'{key} must be true or false, got {parameters[key]!r}'
@@ -466,8 +469,8 @@ class NexthamPredictCalculation(CalcJob):
             params += ['--gap']
         if 'mesh' in parameters:
             params += ['--mesh', _mesh_text(parameters['mesh'])]
-        if 'lindep' in parameters:
-            params += ['--lindep', repr(float(parameters['lindep']))]
+        if 'ghost_filter' in parameters:
+            params += ['--ghost-filter', repr(float(parameters['ghost_filter']))]
         params += ['--device', parameters.get('device', 'auto')]
         return params
 

@@ -50,14 +50,14 @@ def bench():
 )
 @click.option('--ghost-tolerance', type=float, default=0.1, show_default=True, help='eV.')
 @click.option(
-    '--lindep',
-    type=float,
+    '--ghost-filter',
+    type=click.FloatRange(min=0, max=1, max_open=True),
     default=None,
-    help='Drop directions of S(k) with eigenvalues below this fraction of the largest (canonical '
-    'orthogonalisation) before computing bands; for nearly dependent bases such as gth-dzvp.',
+    help='Predicted bands with the correction H − H0 kept only along directions of S(k) above this '
+    'fraction of its largest eigenvalue (as `nextham predict --ghost-filter`); true bands: full basis.',
 )
 @click.option('-o', '--output', type=click.Path(dir_okay=False, path_type=Path), help='Write the JSON here.')
-def accuracy(test_files, models, window, kdensity, ghost_tolerance, lindep, output):
+def accuracy(test_files, models, window, kdensity, ghost_tolerance, ghost_filter, output):
     """Accuracy of H0 and of MODELs on the labelled TEST_FILES."""
     from ..hamiltonian.hdf5 import read_hdf5
     from ..ml.predictor import predict_hamiltonian
@@ -73,7 +73,7 @@ def accuracy(test_files, models, window, kdensity, ghost_tolerance, lindep, outp
         'window': tuple(window),
         'kdensity': kdensity,
         'ghost_tolerance': ghost_tolerance,
-        'lindep': lindep,
+        'ghost_filter': ghost_filter or None,
     }
     results = {'h0_alone': _run([(bh.replace(hamiltonian=bh.h0), bh) for bh in truths], options)}
     for folder in models:

@@ -86,7 +86,7 @@ def resolve_fermi_level(
     smearing: str | None = None,
     width: float | None = None,
     progress: bool = False,
-    lindep: float | None = None,
+    ghost_filter: float | None = None,
 ) -> dict:
     """The Fermi level of ``bh``: from a Monkhorst-Pack mesh when the electron count is known.
 
@@ -97,7 +97,7 @@ def resolve_fermi_level(
     :param smearing: smearing of :func:`~aiida_nextham.hamiltonian.spectra.fermi_level` (default: its
         own); ``'none'`` counts states without smearing.
     :param width: smearing width in eV (default: its own).
-    :param lindep: band energies without the near-null directions of S (``bloch.eigh_generalized``).
+    :param ghost_filter: band energies with the ghost filter (``bloch.filter_correction``).
     :return: dict with ``fermi_level`` (eV or None), ``source`` (``'mesh'``, ``'file'`` or None),
         ``n_electrons``, ``mesh``, and ``kpoints`` / ``energies`` / ``weights`` of the mesh when it
         was computed.
@@ -117,7 +117,7 @@ def resolve_fermi_level(
 
         mesh = tuple(mesh) if mesh is not None else default_mesh(bh)
         kpoints, weights = monkhorst_pack(mesh)
-        energies = band_energies(bh, kpoints, progress=progress, lindep=lindep)
+        energies = band_energies(bh, kpoints, progress=progress, ghost_filter=ghost_filter)
         options = {} if width is None else {'width': float(width)}
         if smearing is not None:
             options['smearing'] = None if smearing.lower() == 'none' else smearing

@@ -55,6 +55,8 @@ DEFAULT_EDGE_CHUNK = 4096
 MAX_DENSE_STATES = 6000
 DOS_WIDTH = 0.1  # eV, Gaussian smearing of the DOS
 DOS_STEP = 0.01  # eV
+#: default relative S(k) threshold of the ghost filter (chosen on Si validation cells: docs/benchmarks.md)
+GHOST_FILTER = 1e-4
 
 
 class PredictFailure(click.ClickException):
@@ -159,9 +161,15 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
     if bh.n_electrons is None:
         return {'spectra': 'skipped: the electron count is unknown'}, {}
     files: dict[str, str] = {}
-    fermi = resolve_fermi_level(bh, mesh=options['mesh'], lindep=options['lindep'])
+    ghost_filter = options['ghost_filter'] if bh.h0 is not None else None
+    fermi = resolve_fermi_level(bh, mesh=options['mesh'], ghost_filter=ghost_filter)
     level = fermi['fermi_level']
-    summary = {'fermi_level': level, 'n_electrons': fermi['n_electrons'], 'mesh': fermi['mesh']}
+    summary = {
+        'fermi_level': level,
+        'n_electrons': fermi['n_electrons'],
+        'mesh': fermi['mesh'],
+        'ghost_filter': ghost_filter,
+    }
     energies = [fermi['energies']]
     if options['bands']:
         kpath = band_path(
@@ -172,7 +180,7 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
             numbers=bh.numbers,
             periodic=bh.periodic,
         )
-        path_energies = band_energies(bh, kpath.kpoints, lindep=options['lindep'])
+        path_energies = band_energies(bh, kpath.kpoints, ghost_filter=ghost_filter)
         energies.append(path_energies)
         from ..hamiltonian.plotting import plot_bands
 
@@ -203,8 +211,7 @@ def _spectra(bh, name: str, outdir: Path, options: dict) -> tuple[dict, dict]:
     if options['dos']:
         from ..hamiltonian.plotting import plot_dos
 
-        finite = fermi['energies'][np.isfinite(fermi['energies'])]  # lindep: removed states are +inf
-        grid = np.arange(finite.min() - 1.0, finite.max() + 1.0, DOS_STEP)
+        grid = np.arange(fermi['energies'].min() - 1.0, fermi['energies'].max() + 1.0, DOS_STEP)
         dos = density_of_states(
             fermi['energies'], fermi['weights'], grid, width=DOS_WIDTH, spin_degeneracy=spin_degeneracy(bh)
         )
@@ -302,12 +309,14 @@ def _device(name: str) -> str:
 @click.option('--npoints', type=click.IntRange(min=2), default=100, show_default=True)
 @click.option('--mesh', default=None, metavar='N1xN2xN3', help='k-mesh of the Fermi level and DOS.')
 @click.option(
-    '--lindep',
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help='Bands without the directions of S(k) below this fraction of its largest eigenvalue (canonical '
-    'orthogonalisation): in nearly dependent bases (gth-dzvp, long cutoffs) tiny errors of the predicted '
-    'H along them become ghost bands; 1e-3 removes them (see docs/benchmarks.md).',
+    '--ghost-filter',
+    type=click.FloatRange(min=0, max=1, max_open=True),
+    default=GHOST_FILTER,
+    show_default=True,
+    help='Spectra with the predicted correction H − H0 kept only along the directions of S(k) above this '
+    'fraction of its largest eigenvalue (H0 alone acts along the rest): in nearly dependent bases '
+    '(gth-dzvp, long cutoffs) sub-meV errors along them become ghost bands. 0 switches it off; '
+    'without H0 it is off. See docs/benchmarks.md.',
 )
 @click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), default='auto', show_default=True)
 @click.option('--structure-format', default=None, help='ASE format of STRUCTURES (default: guessed).')
@@ -328,7 +337,7 @@ def predict(
     kpath: str,
     npoints: int,
     mesh: str | None,
-    lindep: float | None,
+    ghost_filter: float,
     device: str,
     structure_format: str | None,
     summary: Path | None,
@@ -349,7 +358,7 @@ def predict(
         'kpath': kpath,
         'npoints': npoints,
         'mesh': parse_mesh(mesh),
-        'lindep': lindep,
+        'ghost_filter': ghost_filter or None,
     }
     inputs = list(structures or h0_files)
     report: dict = {'model': str(model), 'protocol': protocol, 'outdir': str(outdir), 'structures': []}

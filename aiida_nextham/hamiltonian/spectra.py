@@ -41,16 +41,16 @@ _CUTOFF = {'gaussian': 8.0, 'methfessel-paxton': 8.0, 'fermi-dirac': 40.0}
 
 
 def band_energies(
-    bh: BlockHamiltonian, kpoints, progress: bool = False, lindep: float | None = None
+    bh: BlockHamiltonian, kpoints, progress: bool = False, ghost_filter: float | None = None
 ) -> np.ndarray:
     """Band energies (eV) at fractional k-points (array (nk, 3) or a KPath), shape (nk, n_states).
 
-    :param lindep: drop near-null directions of S (relative threshold; see ``bloch.eigh_generalized``).
+    :param ghost_filter: keep H − H0 only where S(k) is well conditioned (``bloch.filter_correction``).
     """
     from .bloch import eigenvalues
 
     kpoints = getattr(kpoints, 'kpoints', kpoints)
-    return eigenvalues(bh, kpoints, progress=progress, lindep=lindep)
+    return eigenvalues(bh, kpoints, progress=progress, ghost_filter=ghost_filter)
 
 
 def monkhorst_pack(mesh, *, gamma_centered: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -166,9 +166,8 @@ def fermi_level(
     def excess(mu: float) -> float:
         return electron_count(energies, weights, mu, smearing, width, spin_degeneracy) - n_electrons
 
-    finite = energies[np.isfinite(energies)]  # states removed by `lindep` come as +inf
-    low = finite.min() - _CUTOFF[smearing] * width
-    high = finite.max() + _CUTOFF[smearing] * width
+    low = energies.min() - _CUTOFF[smearing] * width
+    high = energies.max() + _CUTOFF[smearing] * width
     for _ in range(200):
         middle = 0.5 * (low + high)
         if excess(middle) < 0:

@@ -29,6 +29,9 @@ class ModelConfig:
         (DeepH-E3-style) baseline that predicts H itself.
     :param tracegrad: add the TraceGrad block (invariant trace head + its gradient fed back).
     :param pair_channels: multiplicity of each L of the projections entering the bilinear x_i ⊗ x_j head.
+    :param far_field_shift: blocks of stored pairs beyond ``cutoff`` get ΔH = μ̂S, with μ̂ the uniform
+        shift of the structure's predicted blocks (see :func:`~aiida_nextham.ml.predictor.far_field`);
+        False leaves them at H0. With H0 input only.
     """
 
     shells: dict[int, tuple[int, ...]] = field(default_factory=dict)
@@ -44,6 +47,7 @@ class ModelConfig:
     use_h0: bool = True
     tracegrad: bool = True
     pair_channels: dict[int, int] = field(default_factory=lambda: {0: 8, 1: 4, 2: 4})
+    far_field_shift: bool = True
 
     def __post_init__(self):
         self.shells = {int(z): tuple(int(l) for l in ls) for z, ls in self.shells.items()}

@@ -30,20 +30,23 @@ def evaluate_pairs(
     window: tuple[float, float] = (-2.0, 2.0),
     kdensity: float = 20.0,
     ghost_tolerance: float = 0.1,
-    lindep: float | None = None,
+    ghost_filter: float | None = None,
 ) -> list[dict]:
     """Metrics of every (predicted, true) pair (meV; gap error in meV, gaps in eV).
 
     :param kdensity: k-points per reciprocal-lattice length (Å⁻¹ without 2π) of the evaluation mesh.
-    :param lindep: band energies without the near-null directions of S (relative threshold), for
-        nearly dependent Gaussian bases where they otherwise turn tiny errors of H into ghost bands.
+    :param ghost_filter: predicted bands with the ghost filter at this threshold
+        (``hamiltonian.bloch.filter_correction``), for nearly dependent Gaussian bases where tiny
+        errors of H otherwise become ghost bands; the true bands are those of the full basis.
     """
     rows = []
     for predicted, true in pairs:
         kpoints, _ = monkhorst_pack(_mesh_for(true, kdensity), gamma_centered=True)
         raw = hamiltonian_mae(predicted, true, optimal_shift=False)
         shifted = hamiltonian_mae(predicted, true)
-        comparison = compare_bands(predicted, true, kpoints, window, ghost_tolerance, lindep=lindep)
+        comparison = compare_bands(
+            predicted, true, kpoints, window, ghost_tolerance, ghost_filter=ghost_filter
+        )
         bands, ghosts = comparison['band_error'], comparison['ghosts']
         gap_true = band_gap(comparison['true_energies'], true.n_electrons)['gap']
         gap_pred = band_gap(comparison['pred_energies'], true.n_electrons)['gap']  # rigid shifts leave gaps

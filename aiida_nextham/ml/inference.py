@@ -46,7 +46,7 @@ from .graph import StructureGraph, build_graph, collate
 from .layers import scatter_softmax
 from .loss import SpinorLayout
 from .model import GraphInputs, ModelOutput, NexthamModel, TransformerLayer
-from .predictor import spinless, structure_layout
+from .predictor import spinless, structure_delta, structure_layout
 from .serialization import WEIGHTS, ModelFileError, load_model, read_model_metadata
 
 __all__ = [
@@ -567,12 +567,11 @@ def _forward_batch(model, graphs, chunk_size, stats, dtype, device) -> list[np.n
     flats = []
     with stats.timer('assemble'):
         nodes, edges = batch.split_nodes(output.node), batch.split_edges(output.edge)
-        for k, layout in enumerate(layouts):
-            features = output.node.new_zeros(layout.n_pairs, model.out_irreps.dim)
-            features[graphs[k].node_pair.to(device)] = nodes[k]
-            features[graphs[k].edge_pair.to(device)] = edges[k]
-            flats.append(layout.to_flat(features).double().cpu().numpy())
-            del features
+        for k, (graph, layout) in enumerate(zip(graphs, layouts, strict=True)):
+            node_pair, edge_pair = graph.node_pair.to(device), graph.edge_pair.to(device)
+            delta = structure_delta(model, graph.source, layout, node_pair, nodes[k], edge_pair, edges[k])
+            flats.append(delta.double().cpu().numpy())
+            del delta
     return flats
 
 

@@ -1,7 +1,7 @@
 """From graphs to Hamiltonians: H0 encoding, the model's ΔH blocks per structure, feature scales.
 
-The model sees every edge within its cutoff; blocks of stored pairs beyond it get no correction
-(ΔH = 0, so H = H0 there), which is why a structure's layout covers all its stored pairs.
+The model sees every edge within its cutoff; blocks of stored pairs beyond it get the far-field
+correction of :func:`far_field` (or none), which is why a structure's layout covers all its stored pairs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .model import GraphInputs, NexthamModel
 __all__ = [
     'Prediction',
     'channel_rms',
+    'far_field',
     'fit_scales',
     'predict_batch',
     'predict_hamiltonian',
@@ -69,6 +70,47 @@ def _h0_features(bh: BlockHamiltonian, layout: BlockLayout, dtype, device) -> to
     return layout.to_features(torch.as_tensor(spinless(bh, 'H0'), dtype=dtype, device=device))
 
 
+def far_field(delta: torch.Tensor, bh: BlockHamiltonian, covered_pairs: torch.Tensor) -> torch.Tensor:
+    """ΔH of the pairs beyond the model's cutoff: μ̂S, with μ̂ = ⟨S, ΔH⟩ / ⟨S, S⟩ over the predicted blocks.
+
+    Most of H − H0 is a uniform shift μS (0.1–0.5 eV in Si), and far blocks of a diffuse basis still
+    overlap (gth-dzvp Si: |S| up to 0.09 beyond 6 Å). Leaving them at H0 would shift the near blocks
+    but not the far ones; that mismatch, amplified along the near-null directions of S(k), puts ghost
+    states into the gap. With the structure's own μ̂ the far blocks move with the rest (a structure
+    whose true far blocks are H0 + μS is reproduced exactly there).
+
+    :param delta: (n_elements,) flat spinless ΔH of all stored pairs of ``bh`` (zero beyond the cutoff).
+    :param covered_pairs: (n_covered,) rows of ``bh.pairs`` the model predicted (on-site and edges).
+    :return: (n_elements,) ``delta`` with μ̂S in the uncovered blocks (differentiable in ``delta``).
+    """
+    if bh.overlap is None:  # orthogonal basis: S vanishes off-site
+        return delta
+    sizes = torch.as_tensor(np.diff(bh.block_offsets('S')), device=delta.device)
+    covered = torch.zeros(bh.n_pairs, dtype=torch.bool, device=delta.device)
+    covered[covered_pairs] = True
+    covered = covered.repeat_interleave(sizes)
+    if bool(covered.all()):
+        return delta
+    overlap = torch.as_tensor(bh.overlap, device=delta.device).to(delta.dtype)
+    inside = torch.where(covered, overlap, torch.zeros_like(overlap))
+    shift = (inside * delta).sum() / inside.square().sum().clamp_min(torch.finfo(delta.dtype).tiny)
+    return torch.where(covered, delta, shift * overlap)
+
+
+def structure_delta(
+    model: NexthamModel, bh: BlockHamiltonian, layout: BlockLayout, node_pair, node, edge_pair, edge
+) -> torch.Tensor:
+    """Flat spinless ΔH (H for a structure-only model) of all stored pairs from per-atom and per-edge
+    outputs: (N, dim) ``node`` at rows ``node_pair``, (E, dim) ``edge`` at rows ``edge_pair``."""
+    features = node.new_zeros(layout.n_pairs, model.out_irreps.dim)
+    features[node_pair] = node
+    features[edge_pair] = edge
+    delta = layout.to_flat(features)
+    if model.config.use_h0 and model.config.far_field_shift:
+        delta = far_field(delta, bh, torch.cat([node_pair, edge_pair]))
+    return delta
+
+
 def predict_batch(model: NexthamModel, batch: GraphBatch) -> list[Prediction]:
     """Run the model on a batch and return ΔH blocks per structure."""
     dtype, device = batch.edge_vec.dtype, batch.edge_vec.device
@@ -93,11 +135,9 @@ def predict_batch(model: NexthamModel, batch: GraphBatch) -> list[Prediction]:
         batch.split_edges(output.edge_trace) if output.edge_trace is not None else [None] * len(layouts)
     )
     predictions = []
-    for k, layout in enumerate(layouts):
-        features = output.node.new_zeros(layout.n_pairs, model.out_irreps.dim)
-        features[node_pairs[k]] = nodes[k]
-        features[edge_pairs[k]] = edges[k]
-        predictions.append(Prediction(layout.to_flat(features), node_traces[k], edge_traces[k], layout))
+    for k, (bh, layout) in enumerate(zip(batch.sources, layouts, strict=True)):
+        delta = structure_delta(model, bh, layout, node_pairs[k], nodes[k], edge_pairs[k], edges[k])
+        predictions.append(Prediction(delta, node_traces[k], edge_traces[k], layout))
     return predictions
 
 
