@@ -392,13 +392,18 @@ def test_band_energy_error_alignment(gapped):
 
 def test_ghost_bands_on_arrays():
     true = np.array([[-1.0, 0.0, 2.0], [-1.1, 0.1, 2.1]])
-    pred = np.array([[-1.01, 0.5, 2.0], [-1.1, 0.1, 1.0]])  # 0.5 (k=0) and 1.0 (k=1) have no partner
+    # k=0: the band at 0.0 is misplaced to 0.5 (a band error, no extra state); k=1: 1.0 is an extra state
+    pred = np.array([[-1.01, 0.5, 2.0, 3.0], [-1.1, 0.1, 1.0, 2.1]])
     result = ghost_bands(pred, true, window=(-2.0, 1.5), tolerance=0.05)
-    assert result['count'] == 2 and result['n_kpoints_affected'] == 2
-    assert [(k, n) for k, n, _ in result['where']] == [(0, 1), (1, 2)]
-    assert ghost_bands(pred, true, window=(-2.0, 0.8), tolerance=0.05)['count'] == 1
-    assert ghost_bands(pred, true, window=(-2.0, 1.5), tolerance=1.0)['count'] == 0
+    assert result['count'] == 1 and result['n_kpoints_affected'] == 1
+    assert result['where'] == [(1, 2, 1.0)]
+    assert ghost_bands(pred, true, window=(-2.0, 0.8), tolerance=0.05)['count'] == 0
+    # a state pushed out of the window by a shift larger than the tolerance is not counted either
+    assert ghost_bands(true + 0.3, true, window=(-5.0, 5.0), tolerance=0.1)['count'] == 0
     assert ghost_bands(true, true, window=(-5.0, 5.0), tolerance=1e-6)['count'] == 0
+    # two extra states at one k, both reported
+    extra = np.array([[-1.0, -0.5, 0.0, 0.7, 2.0]])
+    assert ghost_bands(extra, true[:1], window=(-2.0, 1.5))['where'] == [(0, 1, -0.5), (0, 3, 0.7)]
 
 
 def test_ghost_state_in_gap_is_flagged(gapped):
@@ -418,7 +423,9 @@ def test_ghost_state_in_gap_is_flagged(gapped):
         hamiltonian=gapped.hamiltonian + MU * gapped.overlap + _hermitian_noise(gapped, 4) / 50
     )
     assert count_ghost_bands(shifted, gapped, kpoints, window=(-20.0, 20.0), tolerance=0.1)['count'] == 0
-    assert count_ghost_bands(shifted, gapped, kpoints, window=(-20.0, 20.0), align='none')['count'] > 0
+    # unaligned, the shift is a band error, not a ghost
+    assert count_ghost_bands(shifted, gapped, kpoints, window=(-20.0, 20.0), align='none')['count'] == 0
+    assert band_energy_error(shifted, gapped, kpoints, (-20.0, 20.0), align='none')['mae'] > 500 * MU
 
 
 def test_reciprocal_float32(gapped, gapped_targets):

@@ -167,7 +167,12 @@ def ghost_bands(
     window: tuple[float, float],
     tolerance: float = 0.1,
 ) -> dict:
-    """Predicted eigenvalues inside ``window`` with no true eigenvalue within ``tolerance`` at the same k.
+    """Spurious states: predicted eigenvalues in ``window`` beyond the number of true ones there.
+
+    At each k the ghost count is #pred in ``window`` − #true in ``window`` widened by ``tolerance``
+    on both sides (never negative), so a band that is merely misplaced (a band-energy error, or a
+    uniform shift) is not a ghost, while an extra state is, wherever it sits. The ghosts listed in
+    ``where`` are, at each such k, the predicted eigenvalues in the window farthest from any true one.
 
     :param pred_energies: (nk, nb_pred) predicted band energies (eV), already aligned.
     :param true_energies: (nk, nb_true) true band energies (eV), all bands (not only the window).
@@ -179,15 +184,19 @@ def ghost_bands(
     true = np.sort(np.atleast_2d(np.asarray(true_energies, dtype=np.float64)), axis=1)
     if len(pred) != len(true):
         raise ValueError(f'{len(pred)} k-points of predicted energies but {len(true)} of true ones')
-    distance = np.empty_like(pred)
-    for k in range(len(pred)):  # nearest true eigenvalue by binary search: O(nb log nb) per k
+    low, high = window
+    inside = (pred >= low) & (pred <= high)
+    n_true = ((true >= low - tolerance) & (true <= high + tolerance)).sum(axis=1)
+    excess = np.maximum(inside.sum(axis=1) - n_true, 0)
+    where = []
+    for k in np.flatnonzero(excess):  # nearest true eigenvalue by binary search: O(nb log nb)
         position = np.searchsorted(true[k], pred[k])
         below = true[k][np.clip(position - 1, 0, true.shape[1] - 1)]
         above = true[k][np.clip(position, 0, true.shape[1] - 1)]
-        distance[k] = np.minimum(np.abs(pred[k] - below), np.abs(pred[k] - above))
-    ghosts = (pred >= window[0]) & (pred <= window[1]) & (distance > tolerance)
-    where = [(int(k), int(n), float(pred[k, n])) for k, n in zip(*np.nonzero(ghosts), strict=True)]
-    return {'count': len(where), 'where': where, 'n_kpoints_affected': int(ghosts.any(axis=1).sum())}
+        distance = np.where(inside[k], np.minimum(np.abs(pred[k] - below), np.abs(pred[k] - above)), -1.0)
+        for n in sorted(np.argsort(distance)[::-1][: excess[k]]):
+            where.append((int(k), int(n), float(pred[k, n])))
+    return {'count': int(excess.sum()), 'where': where, 'n_kpoints_affected': int((excess > 0).sum())}
 
 
 def count_ghost_bands(
