@@ -205,12 +205,18 @@ def test_h0_is_close_to_scf_up_to_a_uniform_shift(si_label):
         assert stats[f'{where}_shifted']['rms'] < 0.5 * stats[where]['rms']
 
 
-@pytest.mark.parametrize('xc', ['pbe', 'lda,vwn'])
-def test_single_pass_matrices_equal_pyscf_get_bands_route(xc):
-    """The one-pass local potential + analytic h_core equals ``mf.get_hcore + mf.get_veff``."""
+@pytest.mark.parametrize(('xc', 'chunked'), [('pbe', False), ('lda,vwn', False), ('pbe', True)])
+def test_single_pass_matrices_equal_pyscf_get_bands_route(xc, chunked, monkeypatch):
+    """The one-pass local potential + analytic h_core equals ``mf.get_hcore + mf.get_veff``, also with
+    the memory bounds of large cells (G vectors in chunks, one k-point per pseudopotential batch)."""
     from contextlib import nullcontext
 
+    from aiida_nextham.dft import pyscf_matrices
     from aiida_nextham.dft.pyscf_matrices import matrices_at, single_pass_supported
+
+    if chunked:
+        monkeypatch.setattr(pyscf_matrices, 'G_CHUNK', 999)
+        monkeypatch.setattr(pyscf_matrices, 'PP_BUFFER_BYTES', 1)
 
     config = TINY.replace(xc=xc)
     cell = engine.build_cell(silicon(), config)
@@ -222,7 +228,9 @@ def test_single_pass_matrices_equal_pyscf_get_bands_route(xc):
     reference = np.asarray(mf.get_hcore(cell, kpoints)) + mf.get_veff(
         cell, dm0, kpts=mf.kpts, kpts_band=kpoints
     )
-    assert np.abs(fast - reference * engine.HARTREE).max() < 1e-8
+    # G chunks are exact; PySCF sums the short-range part over a Born-von Kármán cell of the k-points
+    # of each batch, which moves it by < 1e-6 eV when they go one by one
+    assert np.abs(fast - reference * engine.HARTREE).max() < (1e-6 if chunked else 1e-8)
 
 
 def test_selfcheck_failure_is_named_and_keeps_the_result():

@@ -22,6 +22,11 @@ from .pyscf_engine import HARTREE
 
 __all__ = ['matrices_at', 'single_pass_supported']
 
+#: memory budget of PySCF's short-range local-pseudopotential buffer (k-points are batched to fit)
+PP_BUFFER_BYTES = 2e9
+#: G vectors per chunk of the (atoms, G) structure-factor arrays of the long-range local part
+G_CHUNK = 1 << 15
+
 
 def single_pass_supported(mf) -> bool:
     """Multigrid integrator, GTH pseudopotentials only, and a local or semi-local (LDA/GGA) functional."""
@@ -54,10 +59,17 @@ def _analytic_core(mf, sets: list[np.ndarray]) -> list[np.ndarray]:
     shape = (len(every), cell.nao, cell.nao)
     core = np.asarray(cell.pbc_intor('int1e_kin', 1, 1, every)).reshape(shape)
     core = core + np.asarray(pp_int.get_pp_nl(cell, every)).reshape(shape)
-    return [
-        part + np.asarray(pp_int.get_pp_loc_part2(cell, k)).reshape(part.shape)
-        for part, k in zip(_split(core, sets), sets, strict=True)
-    ]
+    # PySCF's three-centre buffer is (k, n(n+1)/2, atoms) doubles, real and imaginary: 50 GB for the
+    # 8 k-points of a 216-atom gth-dzvp cell at once, so the k-points go in batches within a budget
+    per_k = 16 * cell.nao * (cell.nao + 1) // 2 * cell.natm
+    batch = max(1, int(PP_BUFFER_BYTES // per_k))
+    for part, k in zip(_split(core, sets), sets, strict=True):
+        for start in range(0, len(k), batch):
+            stop = start + batch
+            part[start:stop] += np.asarray(pp_int.get_pp_loc_part2(cell, k[start:stop])).reshape(
+                part[start:stop].shape
+            )
+    return _split(core, sets)
 
 
 def _local_potential(mf, dm: np.ndarray, kpts: np.ndarray) -> np.ndarray:
@@ -82,7 +94,11 @@ def _local_potential(mf, dm: np.ndarray, kpts: np.ndarray) -> np.ndarray:
     if xctype == 'GGA':  # ∫ φμ (∂f/∂∇ρ · ∇(φν ...)) -> -i G · w(G) after integration by parts
         potential = potential - np.einsum('xg,gx->g', 1j * vxc_g[1:4], gv)
     potential = potential + rho_g[0] * tools.get_coulG(cell, mesh=mesh)
-    potential = potential - np.einsum('ag,ag->g', cell.get_SI(gv), pp_int.get_gth_vlocG_part1(cell, gv))
+    for start in range(0, n_grid, G_CHUNK):  # (atoms, G) arrays: 14 GB at once for 216 Si atoms
+        g = gv[start : start + G_CHUNK]
+        potential[start : start + G_CHUNK] -= np.einsum(
+            'ag,ag->g', cell.get_SI(g), pp_int.get_gth_vlocG_part1(cell, g)
+        )
     return np.asarray(multigrid._get_j_pass2(ni, potential, 1, kpts))[0]
 
 
