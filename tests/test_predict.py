@@ -338,3 +338,26 @@ def test_cli_ghost_filter_is_applied_to_the_written_spectra(cli_model, tmp_path)
     np.testing.assert_allclose(bands['0'], band_energies(predicted, kpoints), atol=1e-10)
     # S(k) of Si2 in gth-szv has eigenvalues below 0.3 × its largest: the filter changes the bands
     assert np.abs(bands['0.3'] - bands['0']).max() > 1e-3
+
+
+def test_bench_accuracy_reports_every_model_against_h0(cli_model, tmp_path):
+    """`nextham bench accuracy`: H0 alone and each model (two folders both named `model` stay apart);
+    H0 alone has zero ghosts and its own MAE; the filter setting is recorded."""
+    import shutil
+
+    other = shutil.copytree(cli_model, tmp_path / 'copy' / 'model')
+    labels = [DATA / 'si2_rattled_0.h5', DATA / 'si2_rattled_1.h5']
+    output = tmp_path / 'accuracy.json'
+    args = ['bench', 'accuracy', *labels, '--model', cli_model, '--model', other, '--ghost-filter', '1e-4']
+    result = CliRunner().invoke(cli, [*map(str, args), '-o', str(output), '--kdensity', '4'])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(output.read_text())
+    assert set(report['results']) == {'h0_alone', str(cli_model), str(other)}
+    assert report['options']['ghost_filter'] == 1e-4
+    h0 = report['results']['h0_alone']['summary']
+    model = report['results'][str(cli_model)]['summary']
+    assert h0['ghost_bands'] == 0 and h0['mae_shifted'] > 0
+    assert model == {
+        **report['results'][str(other)]['summary'],
+        'inference_seconds': model['inference_seconds'],
+    }

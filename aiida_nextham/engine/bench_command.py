@@ -81,8 +81,8 @@ def accuracy(test_files, models, window, kdensity, ghost_tolerance, ghost_filter
         start = time.perf_counter()
         predicted = [predict_hamiltonian(model, bh) for bh in truths]
         seconds = time.perf_counter() - start
-        results[folder.name] = _run(list(zip(predicted, truths, strict=True)), options)
-        results[folder.name]['summary']['inference_seconds'] = seconds
+        results[str(folder)] = _run(list(zip(predicted, truths, strict=True)), options)
+        results[str(folder)]['summary']['inference_seconds'] = seconds
     report = {
         'benchmark': 'accuracy',
         'test_files': [str(p) for p in test_files],
