@@ -46,7 +46,8 @@ VALIDATION_PARAMETERS: dict[str, str] = {
     'window': '[E_min, E_max], eV relative to the reference alignment energy (default [-2, 2]).',
     'align': "'auto' (VBM when both electron counts are known and both sides have a gap, else the Fermi "
     "level; default), 'vbm', 'fermi' or 'none' (bands): alignment of the predicted bands.",
-    'ghost_tolerance': 'predicted eigenvalues farther (eV) from all reference ones are ghosts (default 0.1).',
+    'ghost_tolerance': 'ghosts are predicted states in the window beyond the number of reference states in '
+    'the window widened by this many eV (default 0.1).',
     'kpoints_tolerance': 'largest accepted difference of the k-points, Å⁻¹ with 2π (default 1e-4).',
     'kdensity': 'Hamiltonians: k-points per Å⁻¹ (no 2π) of the evaluation mesh (default 20).',
     'predicted_fermi_level': 'Fermi level of the predicted bands, eV (default: from predicted_parameters).',
