@@ -407,11 +407,14 @@ def cmd_bands(
 
 
 def _register_subcommands() -> None:
+    from .arpes_command import arpes_fit, arpes_simulate
     from .bench_command import bench
     from .dft_command import dft
     from .predict_command import predict
     from .train_command import train
 
+    cli.add_command(arpes_fit)
+    cli.add_command(arpes_simulate)
     cli.add_command(bench)
     cli.add_command(dft)
     cli.add_command(predict)

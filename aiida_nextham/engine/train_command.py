@@ -27,6 +27,8 @@ from pathlib import Path
 
 import click
 
+from .failures import EngineFailure
+
 __all__ = [
     'EXIT_BAD_CHECKPOINT',
     'EXIT_BAD_CONFIG',
@@ -34,7 +36,6 @@ __all__ = [
     'EXIT_DIVERGED',
     'EXIT_INTERNAL',
     'EXIT_SUCCESS',
-    'TrainFailure',
     'apply_overrides',
     'run_training',
     'train',
@@ -52,14 +53,6 @@ EXIT_BAD_DATA = 31
 EXIT_BAD_CHECKPOINT = 32
 #: the NaN/Inf guard gave up: non-finite steps persisted after every reload with a lower learning rate
 EXIT_DIVERGED = 33
-
-
-class TrainFailure(click.ClickException):
-    """A named training failure: one ``Error:`` line and its own exit code."""
-
-    def __init__(self, name: str, message: str, exit_code: int):
-        super().__init__(f'{name}: {" ".join(message.split())}')
-        self.exit_code = exit_code
 
 
 def _named_failures() -> list[tuple[type, str, int]]:
@@ -168,7 +161,7 @@ def train(
             click.echo(json.dumps(record, indent=1))
         if code == EXIT_INTERNAL:
             raise
-        raise TrainFailure(name, message, code) from None
+        raise EngineFailure(name, message, code) from None
     if main:
         write_status(summary['output'], {**summary, 'exit_code': EXIT_SUCCESS})
         click.echo(json.dumps(summary, indent=1))
