@@ -1,4 +1,5 @@
-"""``verdi data nextham``: import, export, inspect, list and diagonalise ``HamiltonianData`` nodes."""
+"""``verdi data nextham``: import, export, inspect, list and diagonalise ``HamiltonianData`` nodes;
+``verdi data nextham arpes``: ``ArpesData`` nodes (:mod:`.arpes`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import options, types
 from aiida.cmdline.params.arguments.overridable import OverridableArgument
 from aiida.cmdline.utils import decorators, echo
+
+from .arpes import data_arpes
 
 __all__ = ('data_nextham',)
 
@@ -41,7 +44,10 @@ def _source(code: str | None, fmt: str | None) -> str:
 
 @click.group('nextham', cls=VerdiCommandGroup)
 def data_nextham():
-    """Block Hamiltonians H_ij(R), S_ij(R) stored as HamiltonianData nodes."""
+    """Block Hamiltonians H_ij(R), S_ij(R) stored as HamiltonianData nodes (and ARPES data: `arpes`)."""
+
+
+data_nextham.add_command(data_arpes)
 
 
 @data_nextham.command('import')
