@@ -163,6 +163,14 @@ def test_fraction_and_emin_subsetting(small_data):
         prepare_data(no_energy)
     with pytest.raises(ValueError, match='temperature'):
         prepare_data(xr.concat([data, data], 'temperature').assign_coords(temperature=[10.0, 20.0]))
+    # kinetic energies referenced to E_F = hν (SpecsLab Prodigy style): all above E_F, a clear error
+    kinetic = data.assign_coords(eV=data.eV + 21.2).assign_attrs(
+        energy_axis='kinetic', photon_energy=21.2, work_function=4.3
+    )
+    with pytest.raises(ValueError, match='every energy lies above E_F'):
+        prepare_data(kinetic)
+    shifted = kinetic.assign_coords(eV=kinetic.eV - 21.2).assign_attrs(energy_axis='binding')
+    assert prepare_data(shifted).axes['eV'][0] == pytest.approx(float(data.eV.min()))
 
 
 # ---------------------------------------------------------------------------------- exact refinement

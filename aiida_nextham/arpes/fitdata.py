@@ -142,13 +142,23 @@ def prepare_data(
         (E − E_F = E_kin − hν + W).
 
     :raises ValueError: data that cannot be fitted: no ``eV`` axis, an energy axis that cannot be
-        made E − E_F, dimensions other than k (or angles), ``hv`` and ``eV``, or no finite values.
+        made E − E_F (or kinetic energies that all land above E_F: another energy reference),
+        dimensions other than k (or angles), ``hv`` and ``eV``, or no finite values.
     """
     validate(da)
     if 'eV' not in da.dims:
         raise ValueError(f'the data have no eV (energy) axis: dims {list(da.dims)}')
     if da.attrs.get('energy_axis') == 'kinetic':
+        kinetic = da
         da = to_binding(da, work_function=work_function)  # needs the photon energy and the work function
+        if float(da['eV'].min()) > 0:
+            hv, work = kinetic.attrs.get('photon_energy'), da.attrs.get('work_function')
+            raise ValueError(
+                f'with E - E_F = E_kin - hv + W (hv = {hv} eV, W = {work} eV) every energy lies above E_F '
+                f"({float(da['eV'].min()):.3f} to {float(da['eV'].max()):.3f} eV): the file's kinetic "
+                'energies use another reference (e.g. some SpecsLab Prodigy exports put E_F at E_kin = hv), '
+                'or the work function is wrong; convert the energies to E - E_F first (energy_axis binding)'
+            )
     if 'phi' in da.dims:
         from .kspace import to_kspace
 
