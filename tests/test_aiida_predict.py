@@ -429,6 +429,40 @@ def test_validation_against_bands_of_another_route(h0_prediction, labels, run_cl
 
 
 # ------------------------------------------------------------------------------ DFT route work chain
+
+
+def test_validation_applies_the_ghost_filter_to_the_predicted_side_only(h0_prediction, labels):
+    """``ghost_filter``: the Hamiltonian metrics equal evaluate_pairs with the filter, and in the mixed
+    route compute_bands filters the predicted Hamiltonian's bands (never the reference's)."""
+    from aiida_nextham.calculations.functions import compute_bands, get_band_path
+    from aiida_nextham.ml.evaluation import evaluate_pairs
+    from aiida_nextham.workflows.validate import NexthamValidateWorkChain, validate_hamiltonian
+
+    results, _ = h0_prediction
+    predicted = results['hamiltonians']['rattled_2']
+    filtered = validate_hamiltonian(predicted, labels[2], orm.Dict({'ghost_filter': 0.3})).get_dict()
+    plain = validate_hamiltonian(predicted, labels[2]).get_dict()
+    pairs = [(predicted.get_block_hamiltonian(), labels[2].get_block_hamiltonian())]
+    (row,) = evaluate_pairs(pairs, window=(-2.0, 2.0), ghost_filter=0.3)
+    assert filtered['band_mae'] == pytest.approx(row['band_mae'], rel=1e-9)
+    assert abs(filtered['band_mae'] - plain['band_mae']) > 1e-3  # S of Si2 szv goes below 0.3 × its largest
+
+    reference = compute_bands(labels[2], get_band_path(labels[2], npoints=NPOINTS))
+    _, node = run_get_node(
+        NexthamValidateWorkChain,
+        predicted=predicted,
+        reference=reference['bands'],
+        reference_parameters=reference['output_parameters'],
+        parameters=orm.Dict({'ghost_filter': 0.3}),
+    )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    (called,) = [n for n in node.called if n.process_label == 'compute_bands']
+    assert called.inputs.hamiltonian.uuid == predicted.uuid
+    assert called.inputs.parameters.get_dict() == {'ghost_filter': 0.3}
+    with pytest.raises(ValueError, match=r'ghost_filter must be a number in \[0, 1\)'):
+        NexthamValidateWorkChain.get_builder().parameters = orm.Dict({'ghost_filter': 1.5})
+
+
 def test_predict_bands_workchain_fast(code, gth_family, model, labels, run_cli_command, provenance_graph):
     """Structure -> seekpath path -> PySCF H0 -> model -> bands, DOS, gap; provenance; verdi commands."""
     from aiida.cmdline.commands.cmd_process import process_list, process_report, process_show

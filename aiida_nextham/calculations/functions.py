@@ -37,6 +37,9 @@ BAND_PARAMETERS: dict[str, str] = {
     'dos_step': 'DOS energy step, eV (default: 0.01).',
     'dos_smearing': 'DOS broadening function (default: gaussian).',
     'dos_width': 'DOS broadening width, eV (default: 0.05).',
+    'ghost_filter': 'keep H − H0 only along the S(k) eigenvectors above this fraction of the largest, '
+    'in [0, 1): the ghost filter for predicted Hamiltonians in nearly dependent bases (needs H0; '
+    'default 0: off).',
 }
 
 #: physics failure: S(k) is singular or not positive definite at some k-point (ghost states)
@@ -107,6 +110,13 @@ def _validate_parameters(parameters: dict) -> dict:
     for key in ('width', 'dos_step', 'dos_width', 'n_electrons'):
         if key in parameters and not float(parameters[key]) > 0:
             raise ValueError(f'{key} must be positive, got {parameters[key]}')
+    ghost_filter = parameters.get('ghost_filter', 0.0)
+    if (
+        isinstance(ghost_filter, bool)
+        or not isinstance(ghost_filter, int | float)
+        or not 0 <= ghost_filter < 1
+    ):
+        raise ValueError(f'ghost_filter must be a number in [0, 1), got {ghost_filter!r}')
     if 'dos_emin' in parameters and 'dos_emax' in parameters:
         if not float(parameters['dos_emax']) > float(parameters['dos_emin']):
             raise ValueError(
@@ -167,15 +177,19 @@ def compute_bands(
             'refer to a different reciprocal basis (build them with get_band_path)'
         )
     kpts = kpointsdata_to_array(kpoints)
+    ghost_filter = float(settings.get('ghost_filter', 0.0)) or None
+    if ghost_filter is not None and bh.h0 is None:
+        raise ValueError(f'the ghost filter needs H0, but the {matrix} Hamiltonian has none')
 
     try:
-        energies = band_energies(bh, kpts)
+        energies = band_energies(bh, kpts, ghost_filter=ghost_filter)
         fermi = resolve_fermi_level(
             bh,
             mesh=settings.get('mesh'),
             n_electrons=settings.get('n_electrons'),
             smearing=settings.get('smearing'),
             width=settings.get('width'),
+            ghost_filter=ghost_filter,
         )
         needs_mesh = settings.get('dos') and fermi['energies'] is None
         if needs_mesh:
@@ -187,7 +201,7 @@ def compute_bands(
             fermi.update(
                 mesh=[int(n) for n in mesh],
                 kpoints=mesh_kpoints,
-                energies=band_energies(bh, mesh_kpoints),
+                energies=band_energies(bh, mesh_kpoints, ghost_filter=ghost_filter),
                 weights=mesh_weights,
             )
     except IllConditionedOverlapError as exc:

@@ -56,6 +56,9 @@ VALIDATION_PARAMETERS: dict[str, str] = {
     'reference_n_electrons': 'valence electrons per cell of the reference bands (semicore states included).',
     'spin_degeneracy': 'electrons per band (2 without spin-orbit coupling, default; 1 for spinors).',
     'plot': 'also return the PNG overlay of the bands (default True).',
+    'ghost_filter': 'bands of a predicted Hamiltonian with the ghost filter at this S(k) threshold, '
+    'in [0, 1) (as `nextham predict --ghost-filter`; needs its H0; default 0: off); reference bands '
+    'are never filtered.',
 }
 ALIGNMENTS = ('auto', 'vbm', 'fermi', 'none')
 #: keys of a results Dict (ours, compute_bands', Quantum ESPRESSO's) holding the Fermi level (eV)
@@ -75,6 +78,13 @@ def _settings(parameters: orm.Dict | None) -> dict:
     settings['window'] = (float(window[0]), float(window[1]))
     if settings.get('align', 'auto') not in ALIGNMENTS:
         raise ValueError(f'align must be one of {ALIGNMENTS}, got {settings["align"]!r}')
+    ghost_filter = settings.get('ghost_filter', 0.0)
+    if (
+        isinstance(ghost_filter, bool)
+        or not isinstance(ghost_filter, int | float)
+        or not 0 <= ghost_filter < 1
+    ):
+        raise ValueError(f'ghost_filter must be a number in [0, 1), got {ghost_filter!r}')
     return settings
 
 
@@ -145,6 +155,7 @@ def validate_hamiltonian(
             window=settings['window'],
             kdensity=float(settings.get('kdensity', 20.0)),
             ghost_tolerance=float(settings.get('ghost_tolerance', 0.1)),
+            ghost_filter=float(settings.get('ghost_filter', 0.0)) or None,
         )
         by_pair = hamiltonian_mae(pred, ref)['by_pair']
     except (HamiltonianError, ValueError) as exc:
@@ -507,6 +518,8 @@ class NexthamValidateWorkChain(WorkChain):
     def setup(self):
         self.ctx.bands = {}
         self.ctx.parameters = {}
+        parameters = self.inputs.parameters.get_dict() if 'parameters' in self.inputs else {}
+        self.ctx.ghost_filter = float(parameters.get('ghost_filter', 0.0))
         for side in ('predicted', 'reference'):
             node = self.inputs[side]
             if isinstance(node, orm.BandsData):
@@ -566,7 +579,10 @@ class NexthamValidateWorkChain(WorkChain):
                     message=f'the k-points are not given in the cell of the {side} Hamiltonian (its lattice '
                     f'{np.round(lattice, 4).tolist()}); predict on the structure of the reference calculation'
                 )
-            results, node = compute_bands.run_get_node(hamiltonian=hamiltonian, kpoints=kpoints)
+            extra = {}
+            if side == 'predicted' and self.ctx.ghost_filter:
+                extra['parameters'] = orm.Dict({'ghost_filter': self.ctx.ghost_filter})
+            results, node = compute_bands.run_get_node(hamiltonian=hamiltonian, kpoints=kpoints, **extra)
             if not node.is_finished_ok:
                 self.report(f'compute_bands<{node.pk}> failed: {node.exit_message}')
                 return self.exit_codes.ERROR_BANDS_FAILED.format(
