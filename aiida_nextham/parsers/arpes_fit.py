@@ -45,16 +45,7 @@ _ERROR_LINE = re.compile(r'^Error: (?:(?P<name>[A-Z]\w+): )?(?P<message>.*)$')
 class NexthamArpesFitParser(EngineParser):
     """``result.json`` -> ``output_parameters``; the fitted bands -> ``bands``; ``fit.png`` -> ``plot``."""
 
-    def parse(self, **kwargs):
-        try:
-            return self._parse()
-        except Exception as exc:  # the parser never raises
-            self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
-            return self.exit_codes.ERROR_UNEXPECTED_PARSER_EXCEPTION.format(
-                message=f'{type(exc).__name__}: {exc}'
-            )
-
-    def _parse(self):
+    def _parse(self, temporary_folder: str | None):
         calc = self.node.process_class
         try:
             retrieved = self.retrieved

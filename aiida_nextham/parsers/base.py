@@ -10,7 +10,24 @@ __all__ = ('EngineParser', 'json_safe', 'last_line')
 
 
 class EngineParser(Parser):
-    """A parser of a ``nextham`` sub-command; reading a retrieved file never raises."""
+    """A parser of a ``nextham`` sub-command; it never raises: subclasses implement ``_parse`` and an
+    unforeseen exception becomes the CalcJob's exit code named ``unexpected_exit_code``."""
+
+    unexpected_exit_code = 'ERROR_UNEXPECTED_PARSER_EXCEPTION'
+
+    def parse(self, **kwargs):
+        try:
+            return self._parse(kwargs.get('retrieved_temporary_folder'))
+        except Exception as exc:
+            self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
+            # ``filename`` fills the templates that name a file; the others ignore it
+            return getattr(self.exit_codes, self.unexpected_exit_code).format(
+                filename='(parser)', message=f'{type(exc).__name__}: {exc}'
+            )
+
+    def _parse(self, temporary_folder: str | None):
+        """Parse the retrieved files (and the retrieved temporary folder, when the CalcJob has one)."""
+        raise NotImplementedError
 
     def _read_text(self, name: str, names: list[str]) -> str:
         """Content of the retrieved file ``name`` ('' when it is not among ``names`` or unreadable)."""

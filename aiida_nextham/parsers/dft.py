@@ -34,16 +34,9 @@ ERROR_CLASS_EXIT_CODES = {
 class NexthamDftParser(EngineParser):
     """Turn ``summary.json`` and ``hamiltonian.h5`` into ``output_parameters`` and ``hamiltonian``."""
 
-    def parse(self, **kwargs):
-        try:
-            return self._parse()
-        except Exception as exc:  # the parser never raises: an unforeseen problem is an unreadable output
-            self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
-            return self.exit_codes.ERROR_OUTPUT_SUMMARY_UNREADABLE.format(
-                message=f'{type(exc).__name__}: {exc}'
-            )
+    unexpected_exit_code = 'ERROR_OUTPUT_SUMMARY_UNREADABLE'  # an unforeseen problem is an unreadable output
 
-    def _parse(self):
+    def _parse(self, temporary_folder: str | None):
         calc = self.node.process_class
         try:
             retrieved = self.retrieved

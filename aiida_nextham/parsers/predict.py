@@ -49,15 +49,6 @@ _ENTRY_KEYS = (
 class NexthamPredictParser(EngineParser):
     """``summary.json`` and ``<label>.h5|bands.json|dos.json`` -> ``results`` and the output namespaces."""
 
-    def parse(self, **kwargs):
-        try:
-            return self._parse(kwargs.get('retrieved_temporary_folder'))
-        except Exception as exc:  # the parser never raises
-            self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
-            return self.exit_codes.ERROR_UNEXPECTED_PARSER_EXCEPTION.format(
-                message=f'{type(exc).__name__}: {exc}'
-            )
-
     # ------------------------------------------------------------------------------------- main
     def _parse(self, temporary_folder):
         calc = self.node.process_class

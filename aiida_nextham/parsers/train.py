@@ -49,14 +49,7 @@ _STEP_FOLDER = re.compile(r'^step-(\d{8,})$')
 class NexthamTrainParser(EngineParser):
     """Turn a training run's files into ``model``, ``metrics``, ``learning_curves`` and ``checkpoint``."""
 
-    def parse(self, **kwargs):
-        try:
-            return self._parse(kwargs.get('retrieved_temporary_folder'))
-        except Exception as exc:  # the parser never raises: an unforeseen problem is an unreadable output
-            self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
-            return self.exit_codes.ERROR_OUTPUT_UNREADABLE.format(
-                filename='(parser)', message=f'{type(exc).__name__}: {exc}'
-            )
+    unexpected_exit_code = 'ERROR_OUTPUT_UNREADABLE'  # an unforeseen problem is an unreadable output
 
     # ---------------------------------------------------------------------------------------- main
     def _parse(self, temporary: str | None):
