@@ -5,12 +5,15 @@ SCF mesh (the superposition-of-atoms guess for H0, the converged density for H).
 
 The cost is dominated by the multigrid "pass 2" (matrix elements of a potential on the grid at
 every k-point), so on the fast path everything local goes through a single pass per density:
-the long-range GTH local pseudopotential, the Hartree and the XC potential are summed on the
-grid first. The rest of h_core is analytic and cheap: kinetic energy, the non-local projectors
-(``pp_int.get_pp_nl``; ``MultiGridNumInt.get_pp`` evaluates them numerically per k-point) and the
-short-range local part (``pp_int.get_pp_loc_part2``). The fast path equals
-``mf.get_hcore(k) + mf.get_veff(kpts_band=k)`` to 1e-10 Ha (tested); other integrators,
-hybrid/meta-GGA/non-local functionals and ECPs take that generic path.
+the whole GTH local pseudopotential (long- and short-range parts, in G space), the Hartree and
+the XC potential are summed on the grid first. The rest of h_core is analytic and cheap: kinetic
+energy and the non-local projectors (``pp_int.get_pp_nl``; ``MultiGridNumInt.get_pp`` evaluates
+them numerically per k-point). PySCF integrates the short-range local part analytically
+(``pp_int.get_pp_loc_part2``) through a (k, orbital pairs, atoms) buffer that grows as N³ — 13.6 GB
+per k-point for 216 Si atoms in gth-dzvp; on the grid it costs nothing extra and agrees to 2e-6 eV
+(Si 8 and 64 atoms, gth-dzvp). The fast path equals ``mf.get_hcore(k) + mf.get_veff(kpts_band=k)``
+to 3e-7 eV (tested); other integrators, hybrid/meta-GGA/non-local functionals and ECPs take that
+generic path.
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from .pyscf_engine import HARTREE
 
 __all__ = ['matrices_at', 'single_pass_supported']
 
-#: memory budget of PySCF's short-range local-pseudopotential buffer (k-points are batched to fit)
-PP_BUFFER_BYTES = 2e9
-#: G vectors per chunk of the (atoms, G) structure-factor arrays of the long-range local part
+#: G vectors per chunk of the (atoms, G) structure-factor arrays of the local pseudopotential
 G_CHUNK = 1 << 15
 
 
@@ -46,37 +47,21 @@ def _hermitian_ev(matrices: np.ndarray) -> np.ndarray:
     return 0.5 * (matrices + matrices.conj().transpose(0, 2, 1)) * HARTREE
 
 
-def _analytic_core(mf, sets: list[np.ndarray]) -> list[np.ndarray]:
-    """Kinetic + non-local + short-range local pseudopotential, Ha, per set of k-points.
-
-    The short-range part is computed per set: PySCF builds a Born-von Kármán cell from the
-    smallest mesh containing the set's k-points, so each set should be one regular mesh.
-    """
+def _analytic_core(mf, every: np.ndarray) -> np.ndarray:
+    """Kinetic + non-local pseudopotential at the k-points ``every``, (nk, n, n) Ha."""
     from pyscf.pbc.gto.pseudo import pp_int
 
     cell = mf.cell
-    every = np.concatenate(sets)
     shape = (len(every), cell.nao, cell.nao)
     core = np.asarray(cell.pbc_intor('int1e_kin', 1, 1, every)).reshape(shape)
-    core = core + np.asarray(pp_int.get_pp_nl(cell, every)).reshape(shape)
-    # PySCF's three-centre buffer is (k, n(n+1)/2, atoms) doubles, real and imaginary: 50 GB for the
-    # 8 k-points of a 216-atom gth-dzvp cell at once, so the k-points go in batches within a budget
-    per_k = 16 * cell.nao * (cell.nao + 1) // 2 * cell.natm
-    batch = max(1, int(PP_BUFFER_BYTES // per_k))
-    for part, k in zip(_split(core, sets), sets, strict=True):
-        for start in range(0, len(k), batch):
-            stop = start + batch
-            part[start:stop] += np.asarray(pp_int.get_pp_loc_part2(cell, k[start:stop])).reshape(
-                part[start:stop].shape
-            )
-    return _split(core, sets)
+    return core + np.asarray(pp_int.get_pp_nl(cell, every)).reshape(shape)
 
 
 def _local_potential(mf, dm: np.ndarray, kpts: np.ndarray) -> np.ndarray:
-    """Matrix of V_loc,long-range + V_H[ρ] + V_xc[ρ] at ``kpts`` in one multigrid pass, Ha."""
+    """Matrix of V_loc + V_H[ρ] + V_xc[ρ] at ``kpts`` in one multigrid pass, Ha."""
     from pyscf.pbc import tools
     from pyscf.pbc.dft.multigrid import multigrid
-    from pyscf.pbc.gto.pseudo import pp_int
+    from pyscf.pbc.gto.pseudo.pp import get_gth_vlocG
 
     ni, cell = mf._numint, mf.cell
     mesh = np.asarray(ni.mesh)
@@ -96,9 +81,7 @@ def _local_potential(mf, dm: np.ndarray, kpts: np.ndarray) -> np.ndarray:
     potential = potential + rho_g[0] * tools.get_coulG(cell, mesh=mesh)
     for start in range(0, n_grid, G_CHUNK):  # (atoms, G) arrays: 14 GB at once for 216 Si atoms
         g = gv[start : start + G_CHUNK]
-        potential[start : start + G_CHUNK] -= np.einsum(
-            'ag,ag->g', cell.get_SI(g), pp_int.get_gth_vlocG_part1(cell, g)
-        )
+        potential[start : start + G_CHUNK] -= np.einsum('ag,ag->g', cell.get_SI(g), get_gth_vlocG(cell, g))
     return np.asarray(multigrid._get_j_pass2(ni, potential, 1, kpts))[0]
 
 
@@ -124,7 +107,7 @@ def _matrices_at(mf, densities, sets, timer) -> dict[str, list]:
     fast = single_pass_supported(mf)
     with timer('hcore'):
         if fast:
-            core = _analytic_core(mf, sets)
+            core = _split(_analytic_core(mf, every), sets)
         else:
             core = [np.asarray(mf.get_hcore(cell, k)).reshape(len(k), n, n) for k in sets]
     for name, dm in densities.items():
