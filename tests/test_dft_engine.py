@@ -231,6 +231,20 @@ def test_single_pass_matrices_equal_pyscf_get_bands_route(xc, chunked, monkeypat
     assert np.abs(fast - reference * engine.HARTREE).max() < 2e-6
 
 
+def test_nonlocal_pseudopotential_equals_pyscf():
+    """One matrix product per k-point gives PySCF's ``get_pp_nl``, at Γ alone and on a mesh."""
+    from pyscf.pbc.gto.pseudo import pp_int
+
+    from aiida_nextham.dft.pyscf_matrices import nonlocal_pseudopotential
+
+    cell = engine.build_cell(silicon(), TINY)
+    for kpts in (np.zeros((1, 3)), cell.make_kpts([2, 1, 3])):
+        ours = nonlocal_pseudopotential(cell, kpts)
+        theirs = np.asarray(pp_int.get_pp_nl(cell, kpts)).reshape(ours.shape)
+        assert np.abs(theirs).max() > 0.1
+        assert np.abs(ours - theirs).max() < 1e-12
+
+
 def test_selfcheck_failure_is_named_and_keeps_the_result():
     config = TINY.replace(kmesh=(1, 1, 1), dense_kmesh=(3, 3, 3), cutoff=4.0, selfcheck_tolerance=1.0)
     with pytest.raises(SelfCheckError) as info:
