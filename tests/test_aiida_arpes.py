@@ -22,8 +22,10 @@ from aiida.engine import run_get_node
 from aiida_nextham.arpes.data import ArpesFormatError, make_intensity
 from aiida_nextham.cli.data import data_nextham
 from aiida_nextham.data.arpes import ArpesData
+from aiida_nextham.data.hamiltonian import HamiltonianData
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+SI_H5 = Path(__file__).parent / 'data' / 'ml' / 'si2_rattled_0.h5'
 I05 = 'arpes_erlabpy_data/i05/cut.nxs'
 MERLIN = 'arpes_erlabpy_data/merlin/lxy.ibw'
 A = 3.83
@@ -289,7 +291,39 @@ def test_calcjob_refusals_before_any_job(nextham_code, cut_node):
         source_file='map',
     )
     refused('has no eV dimension', {'model': 'graphene'}, ArpesData(fermi_map).store())
+    refused('the model hamiltonian needs the `hamiltonian` input', {'model': 'hamiltonian'})
+    refused('do not give a path', {'model': 'hamiltonian', 'fixed': {'path': '/tmp/h.h5'}})
+    builder = _builder(nextham_code, cut_node, {'model': 'graphene'})
+    builder.hamiltonian = HamiltonianData.from_file(SI_H5).store()
+    with pytest.raises(ValueError, match="used only by the model 'hamiltonian', not 'graphene'"):
+        run_get_node(builder)
     assert orm.QueryBuilder().append(orm.CalcJobNode).count() == n_jobs
+
+
+def test_calcjob_dry_run_hamiltonian_model(nextham_code, cut_node, tmp_path, monkeypatch):
+    """The model seeded by a HamiltonianData: its file in the working directory, hamiltonian:FILE."""
+    monkeypatch.chdir(tmp_path)
+    hamiltonian = HamiltonianData.from_file(SI_H5).store()
+    builder = _builder(nextham_code, cut_node, {'model': 'hamiltonian', 'fixed': {'orbitals': ['Si:p']}})
+    builder.hamiltonian = hamiltonian
+    builder.metadata.dry_run = True
+    builder.metadata.store_provenance = False
+    _, node = run_get_node(builder)
+    folder = Path(node.dry_run_info['folder'])
+    calcinfo = json.loads((folder / '.aiida' / 'calcinfo.json').read_text())
+    assert calcinfo['codes_info'][0]['cmdline_params'][:8] == [
+        'arpes-fit',
+        'data.nc',
+        '--model',
+        'hamiltonian:hamiltonian.h5',
+        '--method',
+        'inr',
+        '--fixed',
+        '{"orbitals": ["Si:p"]}',
+    ]
+    assert (folder / 'hamiltonian.h5').read_bytes() == hamiltonian.base.repository.get_object_content(
+        'hamiltonian.h5', mode='rb'
+    )
 
 
 def test_calcjob_fit_outputs_and_provenance(nextham_code, cut_node):

@@ -17,8 +17,9 @@ Conventions shared by every model:
 - Optional parameters (further-neighbour hoppings, ...) are switched on with ``extra=('tp', ...)``; an
   inactive one is exactly zero and not trainable, so the default model has only its core parameters.
 
-Planned: a model built from a predicted ``HamiltonianData`` (chosen orbitals and hoppings of the DFT or
-ML Hamiltonian kept as free parameters) will be a :class:`HoppingListModel` generated from the block file.
+Models built from a file are registered in :data:`FILE_MODELS` and imported on first use: ``'hamiltonian'``
+(:class:`~.hamiltonian_model.HamiltonianModel`, a block-Hamiltonian file with on-site energies and hopping
+scales free; it keeps the overlap S(R), which a :class:`HoppingListModel` cannot represent).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    'FILE_MODELS',
     'MODELS',
     'GrapheneModel',
     'HoppingListModel',
@@ -549,13 +551,25 @@ MODELS: dict[str, type[TightBindingModel]] = {
 }
 
 
+#: models built from a file, imported on first use: name -> (module, class)
+FILE_MODELS: dict[str, tuple[str, str]] = {
+    'hamiltonian': ('aiida_nextham.arpes.hamiltonian_model', 'HamiltonianModel'),
+}
+
+
 def get_model(name: str, **fixed) -> TightBindingModel:
-    """A model by registry name (``MODELS``) with its default parameters; ``fixed`` are constructor
-    arguments, e.g. ``get_model('nickelate-eg', a=3.83, extra=['tp'])``."""
+    """A model by registry name (``MODELS`` or ``FILE_MODELS``) with its default parameters; ``fixed`` are
+    constructor arguments, e.g. ``get_model('nickelate-eg', a=3.83, extra=['tp'])``."""
+    if name in FILE_MODELS:
+        import importlib
+
+        module, attribute = FILE_MODELS[name]
+        return getattr(importlib.import_module(module), attribute)(**fixed)
     try:
         cls = MODELS[name]
     except KeyError:
-        raise ValueError(f'unknown tight-binding model {name!r}; known: {sorted(MODELS)}') from None
+        known = sorted([*MODELS, *FILE_MODELS])
+        raise ValueError(f'unknown tight-binding model {name!r}; known: {known}') from None
     return cls(**fixed)
 
 

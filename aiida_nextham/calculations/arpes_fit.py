@@ -3,15 +3,18 @@
 Everything the engine reads is written into the working directory from input nodes (no local paths):
 
 - ``data.nc``: the NetCDF file of the ``data`` node (an ``ArpesData``), byte for byte;
-- ``init.json``: the first start (``parameters['init']``), when given.
+- ``init.json``: the first start (``parameters['init']``), when given;
+- ``hamiltonian.h5``: the file of the ``hamiltonian`` node (a ``HamiltonianData``) for the model
+  ``'hamiltonian'``, the tight-binding model seeded by that Hamiltonian
+  (``--model hamiltonian:hamiltonian.h5``; its options, e.g. ``orbitals``, in ``parameters['fixed']``).
 
 The engine writes ``result.json`` (fitted parameters, uncertainties, loss, metrics, timings, starts;
 see :class:`~aiida_nextham.arpes.fit.FitResult`) and ``fit.png`` (data with the fitted bands). On a named
 failure it writes nothing but one ``Error: <name>: <message>`` line to stderr and exits with its own code
 (30 bad data, 31 bad model, 32 bad surrogate, 33 fit failed), which the parser maps to exit codes 430-433.
 
-The fit itself (INR surrogate multi-start or EDC/MDC baseline) is the engine's; the multi-start and
-model-selection work chain over several calculations is not part of this module.
+The fit itself (INR surrogate multi-start or EDC/MDC baseline) is the engine's; model selection among
+several candidate models is :class:`~aiida_nextham.workflows.arpes_fit.NexthamArpesFitWorkChain`.
 """
 
 from __future__ import annotations
@@ -24,30 +27,36 @@ from aiida.common import datastructures
 from aiida.engine import CalcJob
 
 from ..data.arpes import ArpesData
+from ..data.hamiltonian import HamiltonianData
 
 __all__ = ('ARPES_FIT_PARAMETERS', 'NexthamArpesFitCalculation', 'validate_arpes_fit_parameters')
 
 #: keys of the ``parameters`` input, with their meaning (``model`` is required)
 ARPES_FIT_PARAMETERS: dict[str, str] = {
-    'model': "tight-binding model name, e.g. 'nickelate-eg', 'graphene', 'single-band' (required).",
+    'model': "tight-binding model name, e.g. 'nickelate-eg', 'graphene', 'single-band', or 'hamiltonian' "
+    '(seeded by the `hamiltonian` input) (required).',
     'method': "'inr' (SIREN-surrogate multi-start, then the exact model; default) or 'baseline' (EDC/MDC "
     'peaks + least squares).',
     'starts': 'random starts within the physical bounds (default 20).',
     'fraction': 'fit a seeded random fraction of the data points, in (0, 1] (default 1).',
     'emin': 'fit only E − E_F >= emin, eV (e.g. -0.1; default: the whole energy range).',
     'seed': 'seed of the starts, of `fraction` and of the surrogate (default 0).',
-    'fixed': 'model constructor arguments, e.g. {"a": 3.83, "extra": ["tp"]} (default: from the data).',
+    'fixed': 'model constructor arguments, e.g. {"a": 3.83, "extra": ["tp"]} (default: from the data); '
+    'for the hamiltonian model e.g. {"orbitals": ["Ni:d"], "hopping_shells": 1}.',
     'init': 'parameter values of the first start, e.g. {"t": 0.4, "delta": 0.1, "mu": -0.6}.',
     'refine': 'INR: distinct best surrogate minima refined with the exact model; 0 refines all (default 3).',
     'gamma0': 'starting Lorentzian half width, eV (the surrogate is trained with it).',
     'work_function': 'eV, for kinetic-energy or angle data whose file does not give it.',
     'surrogate_steps': 'INR: surrogate training steps (default 2000).',
+    'surrogate_spectra': 'INR: simulated spectra the surrogate is trained on (default 400).',
     'search_steps': 'INR: gradient steps of the surrogate descent (default 300).',
     'plot': 'write fit.png, the data with the fitted bands (default True).',
 }
 _METHODS = ('inr', 'baseline')
+#: the model seeded by the ``hamiltonian`` input
+HAMILTONIAN_MODEL = 'hamiltonian'
 #: integer keys and their smallest value
-_INTEGERS = {'starts': 1, 'refine': 0, 'surrogate_steps': 1, 'search_steps': 1}
+_INTEGERS = {'starts': 1, 'refine': 0, 'surrogate_steps': 1, 'surrogate_spectra': 1, 'search_steps': 1}
 #: ``parameters`` key -> engine option, for the numbers passed through unchanged
 _OPTIONS = {
     'starts': '--starts',
@@ -56,6 +65,7 @@ _OPTIONS = {
     'gamma0': '--gamma0',
     'work_function': '--work-function',
     'surrogate_steps': '--surrogate-steps',
+    'surrogate_spectra': '--surrogate-spectra',
     'search_steps': '--search-steps',
 }
 
@@ -96,6 +106,8 @@ def validate_arpes_fit_parameters(value: orm.Dict | None, _=None) -> str | None:
         return f'gamma0 must be a positive number (eV), got {parameters["gamma0"]!r}'
     if 'fixed' in parameters and not isinstance(parameters['fixed'], dict):
         return f'fixed must be a dictionary of constructor arguments such as a, got {parameters["fixed"]!r}'
+    if model == HAMILTONIAN_MODEL and 'path' in parameters.get('fixed', {}):
+        return 'fixed: the hamiltonian model reads the `hamiltonian` input; do not give a path'
     if 'init' in parameters:
         init = parameters['init']
         if not isinstance(init, dict) or not init:
@@ -109,12 +121,18 @@ def validate_arpes_fit_parameters(value: orm.Dict | None, _=None) -> str | None:
 
 
 def _validate_inputs(inputs: dict, _=None) -> str | None:
-    """The data must have an energy axis (the fit is of E(k))."""
+    """The data must have an energy axis (the fit is of E(k)); the hamiltonian model needs a Hamiltonian."""
     data = inputs.get('data')
     if data is not None and 'eV' not in (data.dims or []):
         return (
             f'data: the ArpesData<{data.pk}> has no eV dimension (dims {data.dims}): nothing to fit E(k) to'
         )
+    parameters = inputs.get('parameters')
+    model = parameters.get_dict().get('model') if parameters is not None else None
+    if model == HAMILTONIAN_MODEL and 'hamiltonian' not in inputs:
+        return 'the model hamiltonian needs the `hamiltonian` input (the HamiltonianData that seeds it)'
+    if 'hamiltonian' in inputs and model is not None and model != HAMILTONIAN_MODEL:
+        return f'a `hamiltonian` input is used only by the model {HAMILTONIAN_MODEL!r}, not {model!r}'
     return None
 
 
@@ -124,6 +142,7 @@ class NexthamArpesFitCalculation(CalcJob):
 
     _DATA_FILE = 'data.nc'
     _INIT_FILE = 'init.json'
+    _HAMILTONIAN_FILE = 'hamiltonian.h5'
     _RESULT_FILE = 'result.json'
     _PLOT_FILE = 'fit.png'
     _STDOUT_FILE = 'nextham.out'
@@ -140,6 +159,13 @@ class NexthamArpesFitCalculation(CalcJob):
             valid_type=orm.Dict,
             validator=validate_arpes_fit_parameters,
             help='Fit settings: ' + '; '.join(f'{k}: {v}' for k, v in ARPES_FIT_PARAMETERS.items()),
+        )
+        spec.input(
+            'hamiltonian',
+            valid_type=HamiltonianData,
+            required=False,
+            help="The block Hamiltonian (DFT or predicted) that seeds the model 'hamiltonian': its on-site "
+            'energies, hopping scales and chemical potential are fitted (with S, in the Löwdin basis).',
         )
         spec.inputs.validator = _validate_inputs
 
@@ -205,7 +231,10 @@ class NexthamArpesFitCalculation(CalcJob):
 
     def _cmdline(self) -> list[str]:
         parameters = self._parameters()
-        params = ['arpes-fit', self._DATA_FILE, '--model', parameters['model']]
+        model = parameters['model']
+        if model == HAMILTONIAN_MODEL:
+            model = f'{HAMILTONIAN_MODEL}:{self._HAMILTONIAN_FILE}'
+        params = ['arpes-fit', self._DATA_FILE, '--model', model]
         params += ['--method', parameters.get('method', 'inr')]
         if parameters.get('fixed'):
             params += ['--fixed', json.dumps(parameters['fixed'], sort_keys=True)]
@@ -228,6 +257,10 @@ class NexthamArpesFitCalculation(CalcJob):
         data = self.inputs.data
         with data.base.repository.open(data.filename, 'rb') as source:
             folder.create_file_from_filelike(source, self._DATA_FILE, mode='wb')
+        if 'hamiltonian' in self.inputs:
+            hamiltonian = self.inputs.hamiltonian
+            with hamiltonian.base.repository.open(hamiltonian.filename, 'rb') as source:
+                folder.create_file_from_filelike(source, self._HAMILTONIAN_FILE, mode='wb')
         init = self._parameters().get('init')
         if init:
             with folder.open(self._INIT_FILE, 'w') as target:

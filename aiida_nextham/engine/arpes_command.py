@@ -4,12 +4,22 @@ tight-binding parameters from ARPES data::
     nextham arpes-simulate nickelate-eg params.json -o data.nc --kz 0 0.82 4 --counts 1000
     nextham arpes-fit data.nc --model nickelate-eg [--method inr|baseline] [--fraction 0.25]
         [--emin -0.1] [--starts 20] -o result.json --plot fit.png
+    nextham arpes-fit data.nc --model hamiltonian:predicted.h5 --orbitals Ni:d -o result.json
+
+MODEL is a registry name of ``arpes.tightbinding`` or ``hamiltonian:PATH``, the model seeded by a
+block-Hamiltonian file (:class:`~aiida_nextham.arpes.hamiltonian_model.HamiltonianModel`; ``--orbitals``
+chooses the modelled orbitals, e.g. ``Ni:d`` or ``Si:3p,Si:3s`` or ``0,1,2``; other options through
+``--fixed``, e.g. ``{"hopping_shells": 1}``). Without ``--init``, its first start is the file's own
+Hamiltonian (all scales 1, μ = 0), so the DFT or predicted Hamiltonian seeds the fit; the constructor
+arguments of simulated data are not inherited by it (the data may come from another Hamiltonian).
 
 PARAMS.json is ``{"t": 0.4, "delta": 0.1, ...}`` or a model spec ``{"name": ..., "fixed": {...},
 "parameters": {...}}`` (``fixed``: constructor arguments such as the lattice constant ``a``, ``extra``
 optional parameters and ``bounds``). ``arpes-fit`` reads every format of ``arpes.readers.load``;
 RESULT.json holds the :class:`~aiida_nextham.arpes.fit.FitResult` (parameters, uncertainties, loss,
-metrics, timings, per-start results) and the data file's name.
+metrics, timings, per-start results), the data file's name and ``bands``: the fitted model's bands at
+the data's k_x (k_y nearest 0, the first k_z or hν), ``kpoints`` (n, 3) Cartesian 1/Å and ``energies``
+(n, n_bands) E − E_F in eV — the cut of the plot, so that readers need neither the data nor the model.
 
 Exit codes: :data:`EXIT_BAD_DATA` (unreadable file, no energy axis, nothing left to fit),
 :data:`EXIT_BAD_MODEL` (unknown model, bad constructor arguments, unknown parameters or values outside
@@ -101,6 +111,29 @@ def _build_model(name: str, fixed: dict, parameters: dict | None = None):
     return model
 
 
+HAMILTONIAN_PREFIX = 'hamiltonian:'
+
+
+def _resolve_model(text: str, orbitals: str | None, absolute: bool = False) -> tuple[str, dict]:
+    """``--model`` and ``--orbitals`` -> (registry name, constructor arguments they imply)."""
+    name, fixed = text, {}
+    if text.startswith(HAMILTONIAN_PREFIX):
+        path = text.removeprefix(HAMILTONIAN_PREFIX)
+        if not path:
+            raise click.BadParameter('give the file: hamiltonian:PATH.h5', param_hint='--model')
+        name, fixed['path'] = 'hamiltonian', str(Path(path).resolve()) if absolute else path
+    if orbitals is not None:
+        if name != 'hamiltonian':
+            raise click.BadParameter('only a hamiltonian:PATH model has orbitals', param_hint='--orbitals')
+        from ..arpes.hamiltonian_model import parse_orbitals
+
+        try:
+            fixed['orbitals'] = parse_orbitals(orbitals)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint='--orbitals') from None
+    return name, fixed
+
+
 def _fixed_option(text: str | None) -> dict:
     if not text:
         return {}
@@ -127,6 +160,13 @@ def _axis(spec: tuple[float, float, int] | None):
     return [low + (high - low) * i / (n - 1) for i in range(n)]
 
 
+ORBITALS_OPTION = click.option(
+    '--orbitals',
+    default=None,
+    metavar='SELECTORS',
+    help='hamiltonian:PATH models: the modelled orbitals, e.g. "Ni:d", "Si:3p,Si:3s" or "0,1,2" '
+    '(default all).',
+)
 FIXED_OPTION = click.option(
     '--fixed',
     default=None,
@@ -147,6 +187,7 @@ AXIS = click.Tuple([float, float, int])
     help='NetCDF file to write.',
 )
 @FIXED_OPTION
+@ORBITALS_OPTION
 @click.option(
     '--kx',
     type=AXIS,
@@ -213,18 +254,20 @@ AXIS = click.Tuple([float, float, int])
     help='Poisson noise with this many expected counts at the maximum.',
 )
 @click.option('--seed', type=int, default=0, show_default=True, help='Seed of the noise.')
-def arpes_simulate(model_name, params, output, fixed, kx, ky, kz, hv, energy, **kw):
-    """Simulate ARPES data of MODEL with the parameters in PARAMS (JSON) and write them to a NetCDF file."""
+def arpes_simulate(model_name, params, output, fixed, orbitals, kx, ky, kz, hv, energy, **kw):
+    """Simulate ARPES data of MODEL (a name or hamiltonian:PATH) with the parameters in PARAMS (JSON) and
+    write them to a NetCDF file."""
     from ..arpes.data import to_netcdf
     from ..arpes.simulate import Broadening, SimulationGrid, simulate_dataset
 
     check_destination(output)
     if kz is not None and hv is not None:
         raise click.UsageError('--kz and --hv are mutually exclusive')
+    model_name, model_fixed = _resolve_model(model_name, orbitals, absolute=True)
     parameters, spec_fixed, spec_name = _read_params(params)
     if spec_name is not None and spec_name != model_name:
         raise _bad_model(f'{params} is a spec of model {spec_name!r}, not {model_name!r}')
-    model = _build_model(model_name, {**spec_fixed, **_fixed_option(fixed)}, parameters)
+    model = _build_model(model_name, {**spec_fixed, **model_fixed, **_fixed_option(fixed)}, parameters)
     if kx is None:
         extent = math.pi / model.a if hasattr(model, 'a') else 1.0
         kx = (-extent, extent, 41)
@@ -245,8 +288,14 @@ def arpes_simulate(model_name, params, output, fixed, kx, ky, kz, hv, energy, **
 
 @click.command('arpes-fit')
 @click.argument('data_path', metavar='DATA', type=click.Path(path_type=Path))
-@click.option('--model', 'model_name', required=True, help='Tight-binding model name, e.g. nickelate-eg.')
+@click.option(
+    '--model',
+    'model_name',
+    required=True,
+    help='Tight-binding model name, e.g. nickelate-eg, or hamiltonian:PATH.h5 (a block-Hamiltonian file).',
+)
 @FIXED_OPTION
+@ORBITALS_OPTION
 @click.option(
     '--init',
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -312,6 +361,13 @@ def arpes_simulate(model_name, params, output, fixed, kx, ky, kz, hv, energy, **
     help='Surrogate training steps.',
 )
 @click.option(
+    '--surrogate-spectra',
+    type=click.IntRange(min=1),
+    default=400,
+    show_default=True,
+    help='INR: simulated spectra the surrogate is trained on.',
+)
+@click.option(
     '--search-steps',
     type=click.IntRange(min=1),
     default=300,
@@ -335,6 +391,7 @@ def arpes_fit(
     data_path,
     model_name,
     fixed,
+    orbitals,
     init,
     format_,
     work_function,
@@ -347,6 +404,7 @@ def arpes_fit(
     gamma0,
     surrogate_path,
     surrogate_steps,
+    surrogate_spectra,
     search_steps,
     output,
     plot,
@@ -357,6 +415,7 @@ def arpes_fit(
     from ..arpes.readers import load
     from ..arpes.tightbinding import ModelSpec
 
+    model_name, model_fixed = _resolve_model(model_name, orbitals)
     for destination in (output, plot):
         if destination is not None:
             check_destination(destination)
@@ -369,21 +428,37 @@ def arpes_fit(
     if 'model' in da.attrs:  # simulated data: the lattice constant and other constructor arguments
         try:
             spec = ModelSpec.from_json(da.attrs['model'])
-            spec_fixed = spec.fixed if spec.name == model_name else {}
+            spec_fixed = spec.fixed if spec.name == model_name and model_name != 'hamiltonian' else {}
         except ValueError:
             spec_fixed = {}
+        _drop_unbuildable_truth(data)
     parameters, init_fixed = {}, {}
     if init is not None:
         parameters, init_fixed, init_name = _read_params(init)
         if init_name is not None and init_name != model_name:
             raise _bad_model(f'{init} is a spec of model {init_name!r}, not {model_name!r}')
-    model = _build_model(model_name, {**spec_fixed, **init_fixed, **_fixed_option(fixed)}, parameters)
+    if 'path' in model_fixed and init_fixed.get('path', model_fixed['path']) != model_fixed['path']:
+        for key in ('sha256', 'fermi_level'):  # they described the spec's file, not this one
+            init_fixed.pop(key, None)
+    fixed = {**spec_fixed, **init_fixed, **model_fixed, **_fixed_option(fixed)}
+    model = _build_model(model_name, fixed, parameters)
+    if model_name == 'hamiltonian' and not parameters:  # the file's own Hamiltonian is the first start
+        parameters = model.get_parameters()
     progress = sys.stderr.isatty()
     timings = {}
     surrogate = None
     if method == 'inr':
         surrogate = _surrogate(
-            surrogate_path, model, data, emin, gamma0, surrogate_steps, seed, progress, timings
+            surrogate_path,
+            model,
+            data,
+            emin,
+            gamma0,
+            surrogate_steps,
+            seed,
+            progress,
+            timings,
+            n_spectra=surrogate_spectra,
         )
     try:
         result = fit(
@@ -410,7 +485,7 @@ def arpes_fit(
     result.timings = {**timings, **result.timings}
     if plot is not None:  # the plot first: if it fails, no JSON claims the run succeeded
         _plot(data, result, plot, data_path)
-    report = {'data': str(data_path), **result.to_dict()}
+    report = {'data': str(data_path), **result.to_dict(), 'bands': _fitted_bands(data, result)}
     with atomic_output(output) as tmp:
         tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + '\n')
     values = ', '.join(f'{k} = {v:.5g} ± {result.uncertainties[k]:.2g}' for k, v in result.parameters.items())
@@ -427,9 +502,10 @@ def _surrogate(
     seed: int,
     progress: bool,
     timings: dict,
+    n_spectra: int = 400,
 ):
-    """The INR surrogate: loaded from ``path`` if it exists, else trained for the data's grid (cut at
-    ``emin``) and, with a ``path``, saved there."""
+    """The INR surrogate: loaded from ``path`` if it exists, else trained on ``n_spectra`` spectra for the
+    data's grid (cut at ``emin``) and, with a ``path``, saved there."""
     import time
 
     from ..arpes.surrogate import Surrogate, train_surrogate
@@ -446,7 +522,9 @@ def _surrogate(
         grid = data.subset(1.0, emin)
     except ValueError as exc:
         raise EngineFailure('BadData', str(exc), EXIT_BAD_DATA) from None
-    surrogate = train_surrogate(model, grid, gamma0=gamma0, steps=steps, seed=seed, progress=progress)
+    surrogate = train_surrogate(
+        model, grid, gamma0=gamma0, steps=steps, n_spectra=n_spectra, seed=seed, progress=progress
+    )
     timings['surrogate_training'] = time.perf_counter() - t0
     if path is not None:
         check_destination(path)
@@ -470,3 +548,37 @@ def _plot(data, result, path: Path, data_path: Path) -> None:
         plot_fit(
             data, fitted, tmp, true=true, title=f'{data_path.name}: {result.method} fit of {fitted.name}'
         )
+
+
+def _drop_unbuildable_truth(data) -> None:
+    """Simulated data whose true model cannot be rebuilt here (e.g. a Hamiltonian file left behind on the
+    machine that simulated them): drop the true parameters, so the fit reports no truth metrics instead
+    of failing."""
+    from ..arpes.tightbinding import ModelSpec
+
+    attrs = data.attrs or {}
+    if 'true_parameters' not in attrs:
+        return
+    try:
+        ModelSpec.from_json(attrs['model']).build()
+    except (OSError, ValueError, TypeError) as exc:
+        click.echo(f'Warning: no truth metrics, the true model of the data is unavailable: {exc}', err=True)
+        attrs.pop('true_parameters')
+
+
+def _fitted_bands(data, result) -> dict:
+    """The fitted model's bands along the plotted cut: k_x of the data, k_y nearest 0, the first k_z or hν."""
+    import numpy as np
+
+    from ..arpes.metrics import band_energies
+    from ..arpes.plotting import _cut_momenta
+
+    kx = np.asarray(data.axes['kx'], dtype=np.float64)
+    j = int(np.abs(data.axes['ky']).argmin())
+    kpoints = _cut_momenta(data, j, kx)
+    energies = band_energies(result.build_model(), kpoints)
+    return {
+        'kpoints': kpoints.tolist(),
+        'energies': energies.reshape(len(kpoints), -1).tolist(),
+        'units': {'kpoints': '1/Angstrom', 'energies': 'eV'},
+    }

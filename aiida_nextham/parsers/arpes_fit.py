@@ -1,5 +1,8 @@
 """Parser of ``nextham arpes-fit``: ``result.json`` into ``output_parameters``, the fitted bands and the plot.
 
+The fitted bands are read from ``result['bands']`` (written by the engine along the plotted cut), so the
+parser needs neither the data nor the model (nor, for the ``hamiltonian`` model, its file).
+
 The parser never raises: every problem becomes an exit code of :class:`NexthamArpesFitCalculation`. A
 named engine failure (one ``Error: <name>: <message>`` line on stderr, no ``result.json``) becomes the
 exit code of :data:`ENGINE_ERROR_EXIT_CODES` with the engine's message.
@@ -95,28 +98,23 @@ class NexthamArpesFitParser(EngineParser):
             message = errors[-1].removeprefix('Error: ')
         return getattr(self.exit_codes, label).format(message=message)
 
-    def _bands(self, result: dict) -> orm.BandsData:
-        """Bands of the fitted model at the data's k_x (k_y nearest 0, the first k_z or hν), as the plot.
+    @staticmethod
+    def _bands(result: dict) -> orm.BandsData:
+        """The fitted bands the engine wrote into ``result['bands']`` (the cut of the plot: the data's k_x,
+        k_y nearest 0, the first k_z or hν).
 
         The cell is a bookkeeping cell 2π·I Å whose reciprocal vectors are the Cartesian unit vectors, so
         the k-points are the Cartesian k in 1/Å both as fractional and as Cartesian coordinates.
         """
-        from ..arpes.fitdata import prepare_data
-        from ..arpes.metrics import band_energies
-        from ..arpes.plotting import _cut_momenta
-        from ..arpes.tightbinding import ModelSpec
-
-        parameters = self.node.inputs.parameters.get_dict()
-        data = prepare_data(
-            self.node.inputs.data.get_dataarray(), work_function=parameters.get('work_function')
-        )
-        kx = np.asarray(data.axes['kx'], dtype=np.float64)
-        j = int(np.abs(data.axes['ky']).argmin())
-        kpoints = _cut_momenta(data, j, kx)
-        energies = band_energies(ModelSpec(**result['model']).build(), kpoints)
+        if 'bands' not in result:
+            raise KeyError('the result has no fitted bands (an engine older than the bands output)')
+        kpoints = np.asarray(result['bands']['kpoints'], dtype=np.float64).reshape(-1, 3)
+        energies = np.asarray(result['bands']['energies'], dtype=np.float64).reshape(len(kpoints), -1)
+        if not np.isfinite(energies).all():
+            raise ValueError('non-finite band energies')
         bands = orm.BandsData()
         bands.set_cell((2 * np.pi * np.eye(3)).tolist())
         bands.set_kpoints(kpoints, cartesian=True)
-        bands.set_bands(energies.reshape(len(kpoints), -1), units='eV')
+        bands.set_bands(energies, units='eV')
         bands.base.attributes.set_many({'fermi_level': 0.0, 'kpoints_units': '1/Angstrom'})
         return bands
