@@ -185,6 +185,27 @@ def test_refinement_recovers_nickelate(small_data):
     assert 0.8 < loss < 1.2  # deviance per point of a correct Poisson model
 
 
+def test_refinement_keeps_the_best_finite_point_when_the_loss_turns_nan(small_data, monkeypatch):
+    """An overflow mid-run (here: NaN from the 8th evaluation on) must not leak NaN parameters or loss."""
+    from aiida_nextham.arpes import fit as fit_module
+
+    data = prepare_data(small_data)
+    start = {'t': 0.42, 'delta': 0.07, 'mu': -0.56}
+    calls = []
+    loss_of = fit_module._Objective.loss
+
+    def failing(self, p):
+        calls.append(None)
+        loss = loss_of(self, p)
+        return loss * float('nan') if len(calls) >= 8 else loss
+
+    monkeypatch.setattr(fit_module._Objective, 'loss', failing)
+    params, nuisance, loss, _ = refine(nickelate(), data, start, max_iter=50)
+    assert len(calls) > 8 and math.isfinite(loss)
+    assert all(math.isfinite(v) for v in (*params.values(), *nuisance.values()))
+    assert abs(params['t'] - TRUE['t']) < abs(start['t'] - TRUE['t'])  # the finite steps made progress
+
+
 def test_fit_uncertainties_and_result_json(small_data):
     """The INR pipeline with a tiny surrogate; an init near the truth is refined exactly; the curvature
     errors are consistent with the actual errors; the result survives JSON."""

@@ -230,18 +230,28 @@ def refine(
         line_search_fn='strong_wolfe',
     )
 
+    best = {'loss': math.inf, 'z': z.detach().clone()}
+
     def closure():
         optimiser.zero_grad()
         loss = objective.loss(physical(z))
         loss.backward()
+        if float(loss.detach()) < best['loss']:  # NaN (e.g. an overflowing amplitude) never compares smaller
+            best.update(loss=float(loss.detach()), z=z.detach().clone())
         return loss
 
     optimiser.step(closure)
     with torch.no_grad():
         p = physical(z)
         loss = float(objective.loss(p))
+        if not math.isfinite(loss) or loss > best['loss']:  # L-BFGS left for a worse or non-finite point
+            p, loss = physical(best['z']), best['loss']
     values = dict(zip(objective.names, p.tolist(), strict=True))
     return {n: values[n] for n in names}, {n: values[n] for n in nuisance}, loss, objective
+
+
+def _finite_or_inf(loss: float) -> float:
+    return loss if math.isfinite(loss) else math.inf
 
 
 def _covariance(objective: _Objective, p: torch.Tensor) -> tuple[np.ndarray, dict]:
@@ -465,7 +475,7 @@ def _fit_inr(
         starts[i].update(surrogate_end=starts[i]['end'], surrogate_loss=starts[i]['loss'])
         starts[i].update(end=params, loss=loss, stage='exact', nuisance=nuis, time=time.perf_counter() - t1)
     timings['refine'] = time.perf_counter() - t0
-    best = min(refined, key=lambda i: starts[i]['loss'])
+    best = min(refined, key=lambda i: _finite_or_inf(starts[i]['loss']))
     params, nuis, objective = refined[best]
     metrics.update(_summarise(model, starts, best))
     metrics['n_refined'] = len(refined)
