@@ -36,7 +36,6 @@ from pathlib import Path
 
 import click
 
-from .cli import atomic_output, check_destination
 from .failures import EngineFailure
 
 __all__ = [
@@ -259,6 +258,7 @@ def arpes_simulate(model_name, params, output, fixed, orbitals, kx, ky, kz, hv, 
     write them to a NetCDF file."""
     from ..arpes.data import to_netcdf
     from ..arpes.simulate import Broadening, SimulationGrid, simulate_dataset
+    from .cli import atomic_output, check_destination
 
     check_destination(output)
     if kz is not None and hv is not None:
@@ -414,6 +414,7 @@ def arpes_fit(
     from ..arpes.fitdata import prepare_data
     from ..arpes.readers import load
     from ..arpes.tightbinding import ModelSpec
+    from .cli import atomic_output, check_destination
 
     model_name, model_fixed = _resolve_model(model_name, orbitals)
     for destination in (output, plot):
@@ -509,6 +510,7 @@ def _surrogate(
     import time
 
     from ..arpes.surrogate import Surrogate, train_surrogate
+    from .cli import atomic_output, check_destination
 
     if path is not None and path.exists():
         try:
@@ -537,6 +539,7 @@ def _plot(data, result, path: Path, data_path: Path) -> None:
     """The fit plot (with the true bands of simulated data of the same model)."""
     from ..arpes.plotting import plot_fit
     from ..arpes.tightbinding import ModelSpec
+    from .cli import atomic_output
 
     fitted = result.build_model()
     true = None
