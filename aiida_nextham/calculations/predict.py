@@ -164,10 +164,13 @@ def structure_band_kpath(node, path: str = 'auto', npoints: int = 100):
     )
 
 
-def kpath_from_kpoints(kpoints: orm.KpointsData) -> tuple[str, int]:
+def kpath_from_kpoints(kpoints: orm.KpointsData, node=None) -> tuple[str, int]:
     """``(path, npoints)`` for ``nextham predict --kpath --npoints`` from an explicit, labelled path.
 
-    Two labels on consecutive k-points start a new piece (``'U|K'``), as in seekpath and AiiDA paths.
+    Two labels on consecutive k-points start a new piece (``'U|K'``), as in seekpath and AiiDA paths, or
+    are the ends of a segment of one interval (coarse paths): with ``node`` (the StructureData or
+    HamiltonianData of the path), the reading whose engine path reproduces the k-points is returned;
+    without it, the first reading that makes continuous pieces (breaks first).
 
     :raises ValueError: for a mesh or a path without labels.
     """
@@ -178,23 +181,55 @@ def kpath_from_kpoints(kpoints: orm.KpointsData) -> tuple[str, int]:
     labels = sorted((int(index), str(label)) for index, label in (kpoints.labels or []))
     if len(labels) < 2 or labels[0][0] != 0 or labels[-1][0] != len(points) - 1:
         raise ValueError('kpoints must be a labelled path whose first and last points carry labels')
-    pieces = [[labels[0][1]]]
-    for (previous, _), (index, label) in zip(labels[:-1], labels[1:], strict=True):
+    for (previous, _), (index, _) in zip(labels[:-1], labels[1:], strict=True):
         if index == previous:
             raise ValueError(f'two labels on k-point {index}')
-        if index == previous + 1:
-            pieces.append([label])
-        else:
-            pieces[-1].append(label)
-    if any(len(piece) < 2 for piece in pieces):
+    candidates = _path_readings(labels)
+    if not candidates:
         raise ValueError(f'the labels {labels} do not describe a path of continuous pieces')
-    return '|'.join('-'.join(piece) for piece in pieces), len(points)
+    if node is not None and len(candidates) > 1:
+        same_points = []
+        for path in candidates:
+            try:
+                engine = structure_band_kpath(node, path, len(points))
+            except (ValueError, RuntimeError):
+                continue
+            if engine.kpoints.shape == np.shape(points) and np.abs(engine.kpoints - points).max() <= 1e-6:
+                if sorted((int(i), str(label)) for i, label in engine.labels) == labels:
+                    return path, len(points)
+                same_points.append(path)
+        if same_points:
+            return same_points[0], len(points)
+    return candidates[0], len(points)
+
+
+def _path_readings(labels: list[tuple[int, str]], limit: int = 12) -> list[str]:
+    """Path strings the labels can mean: each pair on consecutive k-points is a break or a short segment."""
+    import itertools
+
+    ambiguous = [i for i in range(1, len(labels)) if labels[i][0] == labels[i - 1][0] + 1]
+    if len(ambiguous) <= limit:
+        choices = itertools.product((True, False), repeat=len(ambiguous))
+    else:  # too many to try: all breaks
+        choices = [(True,) * len(ambiguous)]
+    readings = []
+    for choice in choices:
+        breaks = {i for i, is_break in zip(ambiguous, choice, strict=True) if is_break}
+        pieces = [[labels[0][1]]]
+        for i in range(1, len(labels)):
+            if i in breaks:
+                pieces.append([labels[i][1]])
+            else:
+                pieces[-1].append(labels[i][1])
+        if all(len(piece) >= 2 for piece in pieces):
+            readings.append('|'.join('-'.join(piece) for piece in pieces))
+    return readings
 
 
 def _check_kpoints(kpoints: orm.KpointsData, node) -> str | None:
     """The engine must reproduce ``kpoints`` from its labels and length on the cell of ``node``."""
     try:
-        path, npoints = kpath_from_kpoints(kpoints)
+        path, npoints = kpath_from_kpoints(kpoints, node)
         engine = structure_band_kpath(node, path, npoints)
     except (ValueError, RuntimeError) as exc:
         return f'kpoints: {exc}'
@@ -458,7 +493,8 @@ class NexthamPredictCalculation(CalcJob):
         if 'max_memory_mb' in parameters:
             params += ['--max-memory-mb', repr(float(parameters['max_memory_mb']))]
         if 'kpoints' in self.inputs:
-            path, npoints = kpath_from_kpoints(self.inputs.kpoints)
+            nodes = self.inputs.get('structures') or self.inputs.get('h0')
+            path, npoints = kpath_from_kpoints(self.inputs.kpoints, next(iter(nodes.values())))
             params += ['--bands', '--kpath', path, '--npoints', str(npoints)]
         elif parameters.get('bands', False):
             params += ['--bands', '--kpath', parameters.get('kpath', 'auto')]

@@ -17,6 +17,10 @@ class EngineParser(Parser):
 
     def parse(self, **kwargs):
         try:
+            self._relink_remote_folder()
+        except Exception as exc:  # a repair attempt must not cost the results
+            self.logger.warning(f'could not link the lost `remote_folder`: {type(exc).__name__}: {exc}')
+        try:
             return self._parse(kwargs.get('retrieved_temporary_folder'))
         except Exception as exc:
             self.logger.error(f'unexpected problem while parsing: {type(exc).__name__}: {exc}')
@@ -24,6 +28,24 @@ class EngineParser(Parser):
             return getattr(self.exit_codes, self.unexpected_exit_code).format(
                 filename='(parser)', message=f'{type(exc).__name__}: {exc}'
             )
+
+    def _relink_remote_folder(self) -> None:
+        """Output ``remote_folder`` again when the engine lost it across a daemon restart.
+
+        aiida-core 2.9 marks a CalcJob as uploaded as soon as its upload succeeds, but links the
+        ``remote_folder`` output only at the next state change: a worker stopped in between resumes the
+        job without uploading again and without that output, so the CalcJob lacks it and a work chain that
+        exposes it fails (exit status 11). The working directory is recorded on the node: link it here.
+        """
+        from aiida import orm
+
+        node = self.node
+        if not node.is_stored or node.base.links.get_outgoing(link_label_filter='remote_folder').first():
+            return
+        workdir = node.get_remote_workdir()
+        if workdir:
+            self.logger.warning(f'the `remote_folder` output was lost (daemon restart): linking {workdir}')
+            self.out('remote_folder', orm.RemoteData(computer=node.computer, remote_path=workdir))
 
     def _parse(self, temporary_folder: str | None):
         """Parse the retrieved files (and the retrieved temporary folder, when the CalcJob has one)."""
