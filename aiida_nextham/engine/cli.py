@@ -410,15 +410,19 @@ def _register_subcommands() -> None:
     from .arpes_command import arpes_fit, arpes_simulate
     from .bench_command import bench
     from .dft_command import dft
+    from .phonons_command import phonons
     from .predict_command import predict
     from .train_command import train
+    from .train_ff_command import train_ff
 
     cli.add_command(arpes_fit)
     cli.add_command(arpes_simulate)
     cli.add_command(bench)
     cli.add_command(dft)
+    cli.add_command(phonons)
     cli.add_command(predict)
     cli.add_command(train)
+    cli.add_command(train_ff)
 
 
 _register_subcommands()
