@@ -61,8 +61,10 @@ def _atomic(target: Path, write) -> None:
         raise
 
 
-def read_model_metadata(folder: str | Path) -> dict:
-    """The JSON metadata of a model folder (checked: format and version)."""
+def read_model_metadata(
+    folder: str | Path, file_format: str = MODEL_FORMAT, version: int = FORMAT_VERSION
+) -> dict:
+    """The JSON metadata of a model folder (checked: ``file_format`` and ``version``)."""
     folder = Path(folder)
     path = folder / METADATA
     if not path.is_file() or not (folder / WEIGHTS).is_file():
@@ -71,12 +73,12 @@ def read_model_metadata(folder: str | Path) -> dict:
         metadata = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelFileError(f'{path}: not valid JSON ({exc})') from None
-    if metadata.get('format') != MODEL_FORMAT:
-        raise ModelFileError(f'{path}: format {metadata.get("format")!r} is not {MODEL_FORMAT!r}')
-    if metadata.get('format_version') != FORMAT_VERSION:
+    if metadata.get('format') != file_format:
+        raise ModelFileError(f'{path}: format {metadata.get("format")!r} is not {file_format!r}')
+    if metadata.get('format_version') != version:
         raise ModelFileError(
             f'{path}: format version {metadata.get("format_version")} is not supported '
-            f'(this version of aiida-nextham reads {FORMAT_VERSION})'
+            f'(this version of aiida-nextham reads {version})'
         )
     return metadata
 

@@ -43,7 +43,7 @@ from ..layers import (
     PolynomialEnvelope,
     ScalarMLP,
 )
-from ..serialization import METADATA, WEIGHTS, ModelFileError, _atomic
+from ..serialization import METADATA, WEIGHTS, ModelFileError, _atomic, read_model_metadata
 
 __all__ = [
     'FORCEFIELD_FORMAT',
@@ -352,22 +352,7 @@ def save_forcefield(model: ForceFieldModel, folder: str | Path, provenance: dict
 
 def read_forcefield_metadata(folder: str | Path) -> dict:
     """The JSON metadata of a force-field folder (format and version checked)."""
-    folder = Path(folder)
-    path = folder / METADATA
-    if not path.is_file() or not (folder / WEIGHTS).is_file():
-        raise ModelFileError(f'{folder}: not a model folder (needs {WEIGHTS} and {METADATA})')
-    try:
-        metadata = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f'{path}: not valid JSON ({exc})') from None
-    if metadata.get('format') != FORCEFIELD_FORMAT:
-        raise ModelFileError(f'{path}: format {metadata.get("format")!r} is not {FORCEFIELD_FORMAT!r}')
-    if metadata.get('format_version') != FORMAT_VERSION:
-        raise ModelFileError(
-            f'{path}: force-field format version {metadata.get("format_version")} is not supported '
-            f'(this version reads {FORMAT_VERSION})'
-        )
-    return metadata
+    return read_model_metadata(folder, FORCEFIELD_FORMAT, FORMAT_VERSION)
 
 
 def load_forcefield(folder: str | Path, device: str | torch.device = 'cpu') -> ForceFieldModel:
