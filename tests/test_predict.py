@@ -275,6 +275,7 @@ def test_cli_with_dft_h0(cli_model, tmp_path):
     assert set(entry['timings']) == {'h0', 'inference', 'spectra'}
     assert entry['fermi_level'] is not None and entry['gap']['gap'] is not None
     assert summary['dft']['basis'] == 'gth-szv' and summary['inference']['n_structures'] == 1
+    assert summary['dft']['selfcheck'] is False  # the model reads blocks within its own cutoff only
     for key in ('hamiltonian', 'bands', 'bands_plot'):
         assert Path(entry['outputs'][key]).is_file()
     assert (out / 'summary.json').is_file() and (out / 'si.json').is_file()
@@ -338,6 +339,27 @@ def test_cli_ghost_filter_is_applied_to_the_written_spectra(cli_model, tmp_path)
     np.testing.assert_allclose(bands['0'], band_energies(predicted, kpoints), atol=1e-10)
     # S(k) of Si2 in gth-szv has eigenvalues below 0.3 × its largest: the filter changes the bands
     assert np.abs(bands['0.3'] - bands['0']).max() > 1e-3
+
+
+@pytest.mark.slow
+def test_bench_speed_times_predict_per_structure(cli_model, tmp_path):
+    """`nextham bench speed`: one predict process per structure, timed with its phases; the SCF only up
+    to --scf-max-atoms (none here), the band path with --npoints, everything in the JSON."""
+    write(tmp_path / 'si.cif', bulk('Si', 'diamond', a=5.43))
+    output = tmp_path / 'speed.json'
+    args = ['bench', 'speed', tmp_path / 'si.cif', '--model', cli_model, '--protocol', 'fast']
+    args += ['--scf-max-atoms', '0', '--npoints', '10', '-o', output]
+    result = CliRunner().invoke(cli, list(map(str, args)))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(output.read_text())
+    assert (report['spectra'], report['npoints'], report['protocol']) == ('bands', 10, 'fast')
+    (row,) = report['results']
+    assert row['structure'] == 'si.cif' and row['n_atoms'] == 2
+    assert set(row['predict_phases']) == {'h0', 'inference', 'spectra'}
+    assert row['predict_seconds'] > sum(row['predict_phases'].values()) > 0  # + imports and model loading
+    assert 'scf_seconds' not in row and 'speedup' not in row
+    bad = CliRunner().invoke(cli, list(map(str, [*args[:5], '--model', tmp_path, '-o', output])))
+    assert bad.exit_code != 0 and 'failed' in bad.output
 
 
 def test_bench_accuracy_reports_every_model_against_h0(cli_model, tmp_path):

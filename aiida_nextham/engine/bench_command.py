@@ -124,9 +124,20 @@ def _print_table(results: dict) -> None:
     show_default=True,
     help='Run the full SCF only for structures with at most this many atoms.',
 )
+@click.option(
+    '--spectra',
+    type=click.Choice(['bands', 'gap']),
+    default='bands',
+    show_default=True,
+    help="What predict computes after inference: Fermi level, gap and the band path ('bands') or the "
+    "Fermi level and gap on the k-mesh only ('gap'; the band path costs one dense eigenproblem per point).",
+)
+@click.option(
+    '--npoints', type=click.IntRange(min=2), default=100, show_default=True, help='Points of the band path.'
+)
 @click.option('-o', '--output', type=click.Path(dir_okay=False, path_type=Path), help='Write the JSON here.')
-def speed(structures, model, protocol, scf_max_atoms, output):
-    """Wall time of `nextham predict` (H0 + inference + bands) versus the full SCF label, per structure.
+def speed(structures, model, protocol, scf_max_atoms, spectra, npoints, output):
+    """Wall time of `nextham predict` (H0 + inference + spectra) versus the full SCF label, per structure.
 
     Every run is a separate process (imports included), one after the other, so the ratios compare
     like with like on a shared machine.
@@ -144,7 +155,8 @@ def speed(structures, model, protocol, scf_max_atoms, output):
             row = {'structure': path.name, 'n_atoms': n_atoms, 'load_before': os.getloadavg()[0]}
             out = Path(scratch) / path.stem
             command = [sys.executable, '-m', 'aiida_nextham.engine.cli', 'predict', str(model), str(path)]
-            command += ['--protocol', protocol, '--bands', '-o', str(out / 'predict')]
+            command += ['--protocol', protocol, '-o', str(out / 'predict')]
+            command += ['--bands', '--npoints', str(npoints)] if spectra == 'bands' else ['--gap']
             row['predict_seconds'], summary = _timed(command, out / 'predict' / 'summary.json')
             entry = (summary.get('structures') or [{}])[0]
             row['predict_phases'] = entry.get('timings', {})
@@ -170,7 +182,14 @@ def speed(structures, model, protocol, scf_max_atoms, output):
                 row['speedup'] = row['scf_seconds'] / row['predict_seconds']
             rows.append(row)
             click.echo(json.dumps(row))
-    report = {'benchmark': 'speed', 'model': str(model), 'protocol': protocol, 'results': rows}
+    report = {
+        'benchmark': 'speed',
+        'model': str(model),
+        'protocol': protocol,
+        'spectra': spectra,
+        'npoints': npoints if spectra == 'bands' else None,
+        'results': rows,
+    }
     if output:
         output.write_text(json.dumps(report, indent=1))
         click.echo(f'wrote {output}')

@@ -119,14 +119,18 @@ def _check_same_structure(atoms, bh, structure: Path, h0_file: Path, tolerance: 
         )
 
 
-def _dft_config(protocol: str, coverage, basis: str | None, model_cutoff: float):
-    """The engine settings: the protocol, the model's training H0 settings, then ``--basis``."""
+def _dft_config(protocol: str, coverage, basis: str | None, model_cutoff: float, selfcheck: bool = False):
+    """The engine settings: the protocol, the model's training H0 settings, then ``--basis``.
+
+    The self-check of the stored H0 blocks is off unless asked for: the model reads blocks only up to
+    its own cutoff, and the check's off-mesh k-points cost ~40 % of the H0 build.
+    """
     from ..dft import get_protocol
 
     overrides = {k: v for k, v in coverage.dft.items() if k in ('basis', 'pseudo', 'xc', 'init_guess')}
     if basis is not None:
         overrides['basis'] = basis
-    config = get_protocol(protocol, overrides)
+    config = get_protocol(protocol, overrides).replace(selfcheck=selfcheck)
     if config.cutoff < model_cutoff:
         raise DftConfigError(
             f'the {protocol} protocol stores blocks up to {config.cutoff:g} Å, less than the model cutoff '
@@ -286,6 +290,12 @@ def _device(name: str) -> str:
 )
 @click.option('--basis', default=None, help="Override the GTH basis of H0 (default: the model's).")
 @click.option(
+    '--selfcheck/--no-selfcheck',
+    default=False,
+    show_default=True,
+    help="Check the built H0 blocks' bands against PySCF's at off-mesh k-points (as `nextham dft` does).",
+)
+@click.option(
     '--h0',
     'h0_files',
     multiple=True,
@@ -327,6 +337,7 @@ def predict(
     outdir: Path,
     protocol: str,
     basis: str | None,
+    selfcheck: bool,
     h0_files: tuple[Path, ...],
     batch_size: int,
     edge_chunk: int | None,
@@ -359,6 +370,7 @@ def predict(
         'npoints': npoints,
         'mesh': parse_mesh(mesh),
         'ghost_filter': ghost_filter or None,
+        'selfcheck': selfcheck,
     }
     inputs = list(structures or h0_files)
     report: dict = {'model': str(model), 'protocol': protocol, 'outdir': str(outdir), 'structures': []}
@@ -402,7 +414,8 @@ def _run(model_path, inputs, structures, h0_files, outdir, protocol, basis, opti
     coverage = Coverage.from_metadata(metadata)
     report['model'] = _model_info(model_path, metadata, model)
     report['coverage'] = coverage.describe()
-    config = None if h0_files else _dft_config(protocol, coverage, basis, model.config.cutoff)
+    cutoff = model.config.cutoff
+    config = None if h0_files else _dft_config(protocol, coverage, basis, cutoff, options['selfcheck'])
     if config is None:
         report['protocol'] = None
     else:
@@ -411,6 +424,7 @@ def _run(model_path, inputs, structures, h0_files, outdir, protocol, basis, opti
             'pseudo': config.pseudo,
             'xc': config.xc,
             'cutoff': config.cutoff,
+            'selfcheck': config.selfcheck,
         }
     names = _unique_names(inputs)
     atoms_list = [_read_structure(path, kw['structure_format']) for path in structures]
