@@ -8,6 +8,8 @@ work without any services. Use ``aiida_profile_clean`` in a test that needs an e
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import traceback
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 pytest_plugins = ['aiida.tools.pytest_fixtures']
 
 REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
+EXAMPLES = Path(__file__).resolve().parents[1] / 'examples'
 
 
 def pytest_configure(config):
@@ -26,6 +29,37 @@ def pytest_configure(config):
         'filterwarnings',
         'ignore:Object of type <Db.*> not in session, add operation along',
     )
+
+
+@pytest.fixture(scope='session')
+def load_example():
+    """``load_example('NAME.py')``: the script ``examples/NAME.py`` as a module, to call its ``main``."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f'example_{Path(name).stem}', EXAMPLES / name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope='module')
+def gth_family():
+    """The PySCF GTH-PBE pseudopotential family (installed once per module, reused if present)."""
+    from aiida_nextham.data.pseudo import install_pyscf_gth_family
+
+    return install_pyscf_gth_family('pbe')[0]
+
+
+@pytest.fixture
+def nextham_code(aiida_localhost):
+    """``nextham@localhost-test``: the ``nextham`` of this environment (or ``$NEXTHAM_TEST_EXECUTABLE``)."""
+    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
+
+    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
+    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
+    return code
 
 
 @pytest.fixture(scope='session')

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -65,16 +64,6 @@ def cut():
 @pytest.fixture
 def cut_node(cut) -> ArpesData:
     return ArpesData(cut, label='nickelate cut').store()
-
-
-@pytest.fixture
-def nextham_code(aiida_localhost):
-    """``nextham@localhost-test``: the ``nextham`` of this environment (or ``$NEXTHAM_TEST_EXECUTABLE``)."""
-    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
-
-    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
-    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
-    return code
 
 
 # ------------------------------------------------------------------------------------------ ArpesData

@@ -8,7 +8,6 @@ model (from a HamiltonianData) and the single-band model. Each candidate is one 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +45,6 @@ def si_cut():
     model.set_parameters(TRUE)
     grid = SimulationGrid(kx=np.linspace(-0.8, 0.8, 21), ky=0.0, eV=np.linspace(-1.6, 0.1, 31))
     return simulate_dataset(model, grid, Broadening(gamma0=0.08), seed=1, counts=500)
-
-
-@pytest.fixture
-def nextham_code(aiida_localhost):
-    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
-
-    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
-    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
-    return code
 
 
 def _builder(code, data, models, **inputs):

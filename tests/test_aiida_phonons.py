@@ -6,7 +6,6 @@ Runs go through the real ``nextham phonons`` on the local computer: DFT forces w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,6 @@ from aiida_nextham.calculations.phonons import NexthamPhononCalculation
 from aiida_nextham.workflows.phonons import NexthamPhononWorkChain
 
 TINY_SETTINGS = {'npoints': 11, 'mesh': [2, 2, 2], 'tstep': 100.0}
-
-
-@pytest.fixture
-def nextham_code(aiida_localhost):
-    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
-
-    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
-    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
-    return code
-
-
-@pytest.fixture(scope='module')
-def gth_family():
-    from aiida_nextham.data.pseudo import install_pyscf_gth_family
-
-    family, _ = install_pyscf_gth_family('pbe')
-    return family
 
 
 def _structure(symbol='Si', lattice='diamond', a=5.43) -> orm.StructureData:

@@ -74,11 +74,6 @@ def train_tiny_model(config: orm.Dict, **labels) -> ModelData:
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope='module')
-def gth_family():
-    from aiida_nextham.data.pseudo import install_pyscf_gth_family
-
-    return install_pyscf_gth_family('pbe')[0]
 
 
 @pytest.fixture(scope='module')

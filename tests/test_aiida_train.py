@@ -68,15 +68,6 @@ OPTIONS = {'environment_variables': {'OMP_NUM_THREADS': '1'}, 'max_wallclock_sec
 _RUNS: dict[str, int] = {}
 
 
-@pytest.fixture
-def nextham_code(aiida_localhost):
-    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
-
-    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
-    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
-    return code
-
-
 @pytest.fixture(scope='module')
 def labels() -> orm.Group:
     """The three Si labels as stored HamiltonianData in a Group (keys from a ``dataset_key`` extra)."""

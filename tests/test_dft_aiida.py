@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -29,24 +28,6 @@ TINY = {
     'selfcheck': False,
     'threads': 1,
 }
-
-
-@pytest.fixture(scope='module')
-def gth_family():
-    from aiida_nextham.data.pseudo import install_pyscf_gth_family
-
-    family, _ = install_pyscf_gth_family('pbe')
-    return family
-
-
-@pytest.fixture
-def nextham_code(aiida_localhost):
-    """``nextham@localhost-test``: the ``nextham`` of this environment (or ``$NEXTHAM_TEST_EXECUTABLE``)."""
-    from aiida_nextham.cli.setup import find_nextham_executable, get_or_create_code
-
-    executable = os.environ.get('NEXTHAM_TEST_EXECUTABLE') or find_nextham_executable()
-    code, _ = get_or_create_code(aiida_localhost, executable=Path(executable))
-    return code
 
 
 def _si(a: float = 5.43) -> orm.StructureData:
