@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -157,7 +158,7 @@ def dispersion_rmse(model, peaks, parameters: dict, k=None) -> float:
     return float(np.sqrt(np.mean(np.min(np.abs(bands - peaks.energy[:, None]), axis=1) ** 2)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('data', nargs='?', type=Path, default=DATA)
     parser.add_argument('-o', '--outdir', type=Path, default=Path('.'))
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument('--cross', type=float, default=0.0, help='E − E_F where the cut passes K (eV)')
     parser.add_argument('--threshold', type=float, default=0.3, help='peak threshold (extract_peaks)')
     parser.add_argument('--inr', action='store_true', help='also run the INR method (≈ 1.5 min on one core)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -258,6 +259,7 @@ def main() -> None:
         )
     print(f'E_F = {ef:.4f} eV (file scale; hν − E_F = {hv - ef:.4f}), φ₀ = {phi0:.2f}°', end=', ')
     print(f'{results["wall_s"]:.0f} s')
+    return 0
 
 
 def plot(cut, models: dict, results: dict, peaks, path: Path) -> None:
@@ -299,4 +301,4 @@ def plot(cut, models: dict, results: dict, peaks, path: Path) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """End to end on the test profile: DFT labels -> training -> prediction -> validation, all real processes.
 
+The processes are run by ``examples/pipeline_si.py`` (the pipeline tutorial) with tiny settings:
+
 - labels: ``NexthamDatasetWorkChain`` with the real PySCF engine (tiny settings: gth-szv, 6 Å blocks,
   2³ mesh, no self-check) for three rattled 2-atom Si cells generated from one parent;
 - training: ``NexthamTrainWorkChain`` (-> ``NexthamTrainCalculation``) with a tiny config on two of them;
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from aiida import orm
-from aiida.engine import run_get_node
 
 from aiida_nextham.calculations.dft import NexthamDftCalculation
 from aiida_nextham.calculations.predict import NexthamPredictCalculation
@@ -59,75 +60,32 @@ def code(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_train_predict_validate_provenance(code):
-    from ase.build import bulk
-
-    from aiida_nextham.calculations.functions import compute_bands
+def test_train_predict_validate_provenance(code, load_example):
     from aiida_nextham.cli.quickstart import provenance_summary
-    from aiida_nextham.data.pseudo import install_pyscf_gth_family
-    from aiida_nextham.workflows.dataset import NexthamDatasetWorkChain
-    from aiida_nextham.workflows.dft_base import NexthamDftBaseWorkChain
-    from aiida_nextham.workflows.predict import NexthamPredictBandsWorkChain
-    from aiida_nextham.workflows.train import NexthamTrainWorkChain
-    from aiida_nextham.workflows.validate import NexthamValidateWorkChain
 
-    family, _ = install_pyscf_gth_family('pbe')
-    parent = orm.StructureData(ase=bulk('Si', 'diamond', a=5.43)).store()
-
-    # DFT labels of three generated structures
-    base = NexthamDftBaseWorkChain.get_builder_from_protocol(
-        code, parent, protocol='fast', overrides=TINY_LABEL, mode='label', pseudo_family=family.label
+    example = load_example('pipeline_si.py')
+    nodes = example.run_pipeline(
+        code, n_structures=3, config=CONFIG, label_overrides=TINY_LABEL, npoints=30, options=OPTIONS
     )
-    builder = NexthamDatasetWorkChain.get_builder()
-    builder.parent_structure = parent
-    builder.recipe = orm.Dict(RECIPE)
-    builder.base.dft.code = code
-    builder.base.dft.parameters = base.dft.parameters
-    builder.base.dft.mode = base.dft.mode
-    builder.base.dft.kpoints = base.dft.kpoints
-    builder.base.pseudo_family = orm.Str(family.label)
-    results, dataset = run_get_node(builder)
-    assert dataset.is_finished_ok, (dataset.exit_status, dataset.exit_message)
-    labels = dict(results['hamiltonians'])
+    for name in ('dataset', 'train', 'predict', 'validate'):
+        assert nodes[name].is_finished_ok, (name, nodes[name].exit_status, nodes[name].exit_message)
+    labels, family, parent, dataset = nodes['labels'], nodes['family'], nodes['parent'], nodes['dataset']
     assert sorted(labels) == ['structure_0000', 'structure_0001', 'structure_0002']
     train_keys, heldout_key = ['structure_0000', 'structure_0001'], 'structure_0002'
+    assert (nodes['train_keys'], nodes['heldout_key']) == (train_keys, heldout_key)
+    model = nodes['model']
+    (train_calc,) = [n for n in nodes['train'].called if n.process_class is NexthamTrainCalculation]
 
-    # training on two of them
-    train_group, _ = orm.Group.collection.get_or_create(f'test/pipeline/{dataset.uuid}')
-    train_group.add_nodes([labels[key] for key in train_keys])
-    builder = NexthamTrainWorkChain.get_builder_from_group(train_group, code, CONFIG, options=OPTIONS)
-    results, train = run_get_node(builder)
-    assert train.is_finished_ok, (train.exit_status, train.exit_message)
-    model = results['model']
-    (train_calc,) = [n for n in train.called if n.process_class is NexthamTrainCalculation]
-
-    # prediction of the held-out structure: H0 by PySCF with the family's pseudopotentials
-    structure = labels[heldout_key].creator.inputs.structure
+    structure = nodes['structure']
     assert structure.creator.process_label == 'generate_structures'
-    builder = NexthamPredictBandsWorkChain.get_builder_from_protocol(
-        code, model, structure, protocol='fast', pseudo_family=family.label, options=OPTIONS
-    )
-    builder.kpath = orm.Dict({'path': 'auto', 'npoints': 30})
-    results, predict = run_get_node(builder)
-    assert predict.is_finished_ok, (predict.exit_status, predict.exit_message)
-    bands, parameters = results['band_structure'], results['output_parameters']
+    bands = nodes['bands']
     assert bands.get_bands().shape == (30, 8)
 
-    # validation against the bands of the held-out DFT label at the same k-points
-    reference = compute_bands(labels[heldout_key], bands.creator.inputs.kpoints)
-    results, validate = run_get_node(
-        NexthamValidateWorkChain,
-        predicted=bands,
-        reference=reference['bands'],
-        predicted_parameters=parameters,
-        reference_parameters=reference['output_parameters'],
-        parameters=orm.Dict({'window': [-2.0, 2.0]}),
-    )
-    assert validate.is_finished_ok, (validate.exit_status, validate.exit_message)
-    metrics = results['band_metrics'].get_dict()
+    metrics = nodes['metrics'].get_dict()
     assert metrics['n_values'] > 0 and metrics['kpoints_max_deviation'] < 1e-8
     assert metrics['band_mae'] >= 0 and metrics['gap_reference'] is not None
-    assert results['band_metrics'].creator.inputs.predicted.pk == bands.pk
+    assert nodes['metrics'].creator.inputs.predicted.pk == bands.pk
+    assert nodes['plot'].get_content(mode='rb')[:4] == b'\x89PNG'
 
     # ONE query: bands <- prediction <- model <- training <- (config, DFT labels <- DFT job <- structure),
     # prediction <- pseudopotential <- family, prediction <- band path <- seekpath <- structure

@@ -23,6 +23,7 @@ PAGES = (
     'concepts',
     'guides/pipeline',
     'guides/arpes_fit',
+    'guides/phonons',
     'guides/import',
     'guides/slurm',
     'guides/provenance',
@@ -84,3 +85,13 @@ def test_docs_build_warning_free(tmp_path):
         'aiida_nextham.data.hamiltonian.HamiltonianData',
     ):
         assert f'id="{name}"' in api, name
+
+    # the tutorials include the example scripts verbatim (examples/*, each run by a test)
+    for page, excerpt in (
+        ('guides/pipeline', 'seeded rattled cells from the parent and runs one per structure'),
+        ('guides/phonons', '# 3. The crystal: the 2-atom primitive cell of diamond Si.'),
+        ('guides/import', 'nextham code and the GTH pseudopotential family; reused when it already exists'),
+        ('guides/slurm', 'slurm_gpu_cluster.py'),
+        ('guides/provenance', 'query_provenance.py'),
+    ):
+        assert excerpt in _text(out / f'{page}.html'), (page, excerpt)

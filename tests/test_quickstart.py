@@ -1,15 +1,20 @@
 """``aiida-nextham quickstart``: the H vs H0 band figure, band selection in compute_bands, the CLI wiring.
 
-The first part of the quickstart (fast protocol: 12 Å blocks, 3³ SCF mesh) takes 1-3 minutes; the CLI
-test runs the same code path with tiny engine settings (6 Å blocks, 2³ mesh, no self-check) given
-through ``--overrides`` and ``--skip-ml``, so its bands are not physical but every node, file and
-message is made. The ML part (dataset -> training -> prediction -> validation, ~5 minutes) is checked
-here for its inputs only; tests/test_aiida_pipeline.py runs the same chain of processes end to end.
+The first part of the quickstart (fast protocol: 12 Å blocks, 3³ SCF mesh) takes 1-3 minutes; the
+example test runs ``examples/quickstart.sh`` with tiny engine settings (6 Å blocks, 2³ mesh, no
+self-check) given through ``--overrides`` and ``--skip-ml``, so its bands are not physical but every
+node, file and message is made. The ML part (dataset -> training -> prediction -> validation,
+~5 minutes) is checked here for its inputs only; tests/test_aiida_pipeline.py runs the same chain of
+processes end to end.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,30 +127,26 @@ def test_quickstart_command_help(run_cli_command):
 
 
 @pytest.mark.slow
-def test_quickstart_end_to_end_tiny(run_cli_command, aiida_profile, tmp_path):
-    """The first part of the quickstart (``--skip-ml``) on the test profile with tiny engine settings.
+def test_quickstart_example_end_to_end_tiny(aiida_profile, tmp_path):
+    """``examples/quickstart.sh`` (what ``./dev quickstart`` runs), first part (``--skip-ml``), on the test
+    profile with tiny engine settings, as a separate process.
 
     The ML part (steps 4-7) is covered piece by piece in tests/test_aiida_pipeline.py.
     """
-    from aiida_nextham.cli import cmd_root
     from aiida_nextham.cli.quickstart import GROUP_LABEL
 
-    args = [
-        'quickstart',
-        '--profile',
-        aiida_profile.name,
-        '-o',
-        tmp_path / 'out',
-        '--protocol',
-        'fast',
-        '--overrides',
-        json.dumps(TINY_OVERRIDES),
-        '--npoints',
-        30,
-        '--skip-ml',
-    ]
-    result = run_cli_command(cmd_root, args)
-    output = result.output
+    args = ['--protocol', 'fast', '--overrides', json.dumps(TINY_OVERRIDES), '--npoints', '30', '--skip-ml']
+    env = {
+        **os.environ,
+        'NEXTHAM_PROFILE': aiida_profile.name,
+        'NEXTHAM_OUT': str(tmp_path / 'out'),
+        'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}',
+    }
+    script = Path(__file__).resolve().parents[1] / 'examples' / 'quickstart.sh'
+    command = ['bash', str(script), *args]
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output
     assert 'reusing the profile' in output
     for text in ('step 2/3', 'step 3/3', 'bands of H0', 'verdi process show', 'quickstart done'):
         assert text in output, output
