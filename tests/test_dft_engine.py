@@ -65,6 +65,22 @@ def test_config_validation_and_protocols():
         get_protocol('sloppy')
 
 
+def test_config_numbers_from_yaml_strings():
+    """YAML 1.1 reads ``1e-6`` as a string: numeric strings become numbers, anything else is named."""
+    import yaml
+
+    config = DftConfig.from_dict(yaml.safe_load('conv_tol: 1e-6\nmax_cycles: 60\ncutoff: 6'))
+    assert config.conv_tol == 1e-6 and config.max_cycles == 60 and config.cutoff == 6.0
+    assert isinstance(config.conv_tol, float) and isinstance(config.cutoff, float)
+    for bad, message in (
+        ({'conv_tol': 'tight'}, "conv_tol must be a number, got 'tight'"),
+        ({'max_cycles': 2.5}, 'max_cycles must be an integer, got 2.5'),
+        ({'cutoff': True}, 'cutoff must be a number, got True'),
+    ):
+        with pytest.raises(DftConfigError, match=message):
+            DftConfig.from_dict(bad)
+
+
 def test_dense_mesh_is_the_smallest_that_resolves_the_length():
     lattice = silicon().cell.array
     mesh = dense_mesh(lattice, 24.0)

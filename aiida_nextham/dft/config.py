@@ -28,6 +28,8 @@ DENSITY_FITS = ('multigrid', 'fftdf')
 GUESS_KEYS = ('atom', 'minao')
 #: damped SCF cycles before DIIS takes over when ``damping`` is set and ``diis_start_cycle`` is not
 DAMPED_CYCLES = 8
+#: the numeric field types, with their conversions
+_NUMBERS = {'float': float, 'int': int}
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class DftConfig:
     verbose: int = 0
 
     def __post_init__(self):
+        self._check_numbers()
         for name in ('kmesh', 'dense_kmesh'):
             value = getattr(self, name)
             if value is not None:
@@ -133,6 +136,26 @@ class DftConfig:
             raise DftConfigError(f'diis_start_cycle must be >= 1, got {self.diis_start_cycle!r}')
         if self.conv_tol_grad is not None and not self.conv_tol_grad > 0:
             raise DftConfigError(f'conv_tol_grad must be positive, got {self.conv_tol_grad!r}')
+
+    def _check_numbers(self) -> None:
+        """Numeric settings as numbers: numeric strings are converted (YAML 1.1 reads ``1e-6`` as a
+        string), anything else is an error that names the setting."""
+        for field in dataclasses.fields(self):
+            kind = str(field.type).removesuffix(' | None')
+            value = getattr(self, field.name)
+            if kind not in _NUMBERS or value is None:
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                number = _NUMBERS[kind](float(value) if kind == 'float' else value)
+                if kind == 'int' and number != float(value):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise DftConfigError(
+                    f'{field.name} must be {"an integer" if kind == "int" else "a number"}, got {value!r}'
+                ) from None
+            object.__setattr__(self, field.name, number)
 
     # ------------------------------------------------------------------------------- conversion
     @classmethod
