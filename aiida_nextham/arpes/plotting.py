@@ -11,13 +11,13 @@ from .metrics import band_energies, fermi_contours
 from .simulate import kz_from_photon_energy
 from .tightbinding import TightBindingModel
 
-__all__ = ['plot_fit']
+__all__ = ['cut_momenta', 'plot_fit']
 
 #: half width (eV) of the energy window around E_F integrated for the Fermi-surface map
 FERMI_WINDOW = 0.03
 
 
-def _cut_momenta(data: FitData, j: int, kx: np.ndarray) -> np.ndarray:
+def cut_momenta(data: FitData, j: int, kx: np.ndarray) -> np.ndarray:
     """k (n, 3) along k_x at ky index j and the first point of the third axis (k_z of hν at E_F)."""
     ky = data.axes['ky'][j]
     if data.third == 'hv':
@@ -55,7 +55,7 @@ def plot_fit(
     ax.pcolormesh(kx, energy, cut.T, shading='nearest', cmap='Greys')
     dense = np.linspace(kx.min(), kx.max(), 400)
     for model, style, label in models:
-        bands = band_energies(model, _cut_momenta(data, j, dense))
+        bands = band_energies(model, cut_momenta(data, j, dense))
         for n in range(bands.shape[-1]):
             ax.plot(
                 dense,

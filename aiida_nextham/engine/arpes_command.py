@@ -574,11 +574,11 @@ def _fitted_bands(data, result) -> dict:
     import numpy as np
 
     from ..arpes.metrics import band_energies
-    from ..arpes.plotting import _cut_momenta
+    from ..arpes.plotting import cut_momenta
 
     kx = np.asarray(data.axes['kx'], dtype=np.float64)
     j = int(np.abs(data.axes['ky']).argmin())
-    kpoints = _cut_momenta(data, j, kx)
+    kpoints = cut_momenta(data, j, kx)
     energies = band_energies(result.build_model(), kpoints)
     return {
         'kpoints': kpoints.tolist(),
