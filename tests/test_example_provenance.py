@@ -74,7 +74,7 @@ def graph(gth_family, tmp_path_factory):
     builder.code = code
     builder.structure = structure
     builder.pseudos = gth_family.get_pseudos(structure=structure)
-    builder.parameters = orm.Dict({'protocol': 'fast', 'cutoff': 4.0, 'selfcheck': False, 'threads': 1})
+    builder.parameters = orm.Dict({'protocol': 'fast', 'cutoff': 6.0, 'selfcheck': False, 'threads': 1})
     builder.kpoints = kpoints
     builder.mode = orm.Str('h0')
     builder.metadata.options.environment_variables = OPTIONS['environment_variables']
@@ -95,12 +95,11 @@ def graph(gth_family, tmp_path_factory):
     assert train.is_finished_ok, (train.exit_status, train.exit_message)
     model = results['model']
 
-    # the prediction (H and bands) from the H0 of a label (no DFT). Not from the DFT H0 above: the engine
-    # refuses it (its pseudo is recorded as `pseudo/gth.dat`, the model's labels as `gth-pbe`)
+    # the prediction (H and bands) from the DFT H0 above (structure -> H0 -> H is one provenance chain)
     builder = NexthamPredictCalculation.get_builder()
     builder.code = code
     builder.model = model
-    builder.h0 = {'si2_rattled': labels[2]}
+    builder.h0 = {'si2_rattled': h0}
     builder.parameters = orm.Dict({'bands': True, 'npoints': 20, 'device': 'cpu'})
     builder.metadata.options.environment_variables = OPTIONS['environment_variables']
     results, predict = run_get_node(builder)

@@ -206,6 +206,10 @@ def test_coverage_refuses_elements_and_bases():
     trained.check(real)
     with pytest.raises(CoverageError, match='xc=lda, the model was trained on pbe'):
         trained.check(real.replace(metadata={**real.metadata, 'xc': 'lda'}))
+    with pytest.raises(CoverageError, match='pseudo=gth-lda, the model was trained on gth-pbe'):
+        trained.check(real.replace(metadata={**real.metadata, 'pseudo': 'gth-lda'}))
+    # an H0 built by the AiiDA CalcJob names its run's pseudopotential file: not comparable by name
+    trained.check(real.replace(metadata={**real.metadata, 'pseudo': 'pseudo/gth.dat'}))
 
 
 # ----------------------------------------------------------------------------------- model files

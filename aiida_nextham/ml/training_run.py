@@ -43,6 +43,7 @@ from .dataset import (
     split_indices,
 )
 from .graph import collate
+from .inference import is_pseudo_file
 from .loss import real_space_terms
 from .model import NexthamModel
 from .predictor import fit_scales, predict_batch
@@ -103,10 +104,6 @@ def _file_records(paths: list[Path]) -> list[dict]:
 H0_SETTINGS = ('basis_set', 'pseudo', 'xc', 'init_guess')
 
 
-def _is_file_path(value) -> bool:
-    return isinstance(value, str) and ('/' in value or value.endswith('.dat'))
-
-
 def _label_engine(paths: list[Path]) -> dict:
     """H0 settings shared by the label files (from their metadata); a conflict between files raises."""
     import h5py
@@ -117,7 +114,7 @@ def _label_engine(paths: list[Path]) -> dict:
             metadata = json.loads(handle.attrs.get('metadata', '{}'))
         for key in H0_SETTINGS:
             value = metadata.get(key)
-            if value is None or (key == 'pseudo' and _is_file_path(value)):
+            if value is None or (key == 'pseudo' and is_pseudo_file(value)):
                 continue  # a pseudopotential file of the run (AiiDA sandbox): its name says nothing
             if key in found and found[key][0] != value:
                 raise DatasetError(
