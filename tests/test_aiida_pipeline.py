@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiida import orm
+from tiny import TINY_MODEL
 
 from aiida_nextham.calculations.dft import NexthamDftCalculation
 from aiida_nextham.calculations.predict import NexthamPredictCalculation
@@ -34,17 +35,7 @@ TINY_LABEL = {'cutoff': 6.0, 'alias_margin': 1.0, 'selfcheck': False, 'threads':
 RECIPE = {'supercell': 1, 'n_structures': 3, 'rattle': 0.05, 'seed': 3}
 CONFIG = {
     'data': {'split': [0.5, 0.5, 0.0], 'seed': 0},
-    'model': {
-        'preset': 'small',
-        'cutoff': 4.5,
-        'n_layers': 1,
-        'node_channels': {'0': 8, '1': 4, '2': 4},
-        'edge_channels': {'0': 8, '1': 4, '2': 4},
-        'value_channels': {'0': 4, '1': 4, '2': 2},
-        'pair_channels': {'0': 4, '1': 2},
-        'n_heads': 2,
-        'radial_hidden': 16,
-    },
+    'model': TINY_MODEL,
     'train': {'steps': 12, 'batch_size': 1, 'checkpoint_every': 12, 'val_every': 6, 'n_kpoints': 2},
 }
 OPTIONS = {'environment_variables': {'OMP_NUM_THREADS': '1'}}

@@ -23,6 +23,7 @@ from aiida import orm
 from aiida.common.exceptions import NotExistent
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
+from tiny import LABELS, TINY_MODEL
 
 from aiida_nextham.calculations.train import (
     NexthamTrainCalculation,
@@ -35,21 +36,9 @@ from aiida_nextham.ml.training import FAULTS_ENV
 from aiida_nextham.workflows.train import NexthamTrainWorkChain
 
 DATA = Path(__file__).parent / 'data'
-LABELS = sorted((DATA / 'ml').glob('si2_rattled_*.h5'))
 EXPECTED = DATA / 'train_dry_run'
 UPDATE = bool(os.environ.get('NEXTHAM_UPDATE_EXPECTED'))
 
-TINY = {
-    'preset': 'small',
-    'cutoff': 4.5,
-    'n_layers': 1,
-    'node_channels': {'0': 8, '1': 4, '2': 4},
-    'edge_channels': {'0': 8, '1': 4, '2': 4},
-    'value_channels': {'0': 4, '1': 4, '2': 2},
-    'pair_channels': {'0': 4, '1': 2},
-    'n_heads': 2,
-    'radial_hidden': 16,
-}
 TRAIN = {
     'steps': 12,
     'batch_size': 1,
@@ -60,7 +49,7 @@ TRAIN = {
     'warmup_steps': 2,
     'ema_decay': 0.9,
 }
-CONFIG = {'data': {'split': [0.34, 0.33, 0.33], 'seed': 0}, 'model': TINY, 'train': TRAIN}
+CONFIG = {'data': {'split': [0.34, 0.33, 0.33], 'seed': 0}, 'model': TINY_MODEL, 'train': TRAIN}
 #: the engine process of every test run uses one thread (two shared cores)
 OPTIONS = {'environment_variables': {'OMP_NUM_THREADS': '1'}, 'max_wallclock_seconds': 900}
 
@@ -137,7 +126,7 @@ def _tiny_model_data() -> ModelData:
     from aiida_nextham.ml.model import NexthamModel
     from aiida_nextham.ml.serialization import save_model
 
-    config = ModelConfig(shells={14: (0, 1)}, **{k: v for k, v in TINY.items() if k != 'preset'})
+    config = ModelConfig(shells={14: (0, 1)}, **{k: v for k, v in TINY_MODEL.items() if k != 'preset'})
     provenance = {
         'coverage': {'elements': {'Si': {'number': 14, 'shells': [0, 1], 'basis': 'gth-szv'}}},
         'dft': {'basis': 'gth-szv'},

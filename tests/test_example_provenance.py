@@ -17,23 +17,12 @@ import pytest
 from aiida import orm
 from aiida.engine import run_get_node
 from aiida.manage import get_manager
+from tiny import LABELS, TINY_MODEL
 
 from aiida_nextham.data.hamiltonian import HamiltonianData
 
-LABELS = sorted((Path(__file__).parent / 'data' / 'ml').glob('si2_rattled_*.h5'))
 GROUP = 'test/example-provenance-labels'
 OPTIONS = {'environment_variables': {'OMP_NUM_THREADS': '1'}}
-MODEL = {
-    'preset': 'small',
-    'cutoff': 4.5,
-    'n_layers': 1,
-    'node_channels': {'0': 8, '1': 4, '2': 4},
-    'edge_channels': {'0': 8, '1': 4, '2': 4},
-    'value_channels': {'0': 4, '1': 4, '2': 2},
-    'pair_channels': {'0': 4, '1': 2},
-    'n_heads': 2,
-    'radial_hidden': 16,
-}
 TRAIN = {'steps': 12, 'batch_size': 1, 'checkpoint_every': 12, 'val_every': 6, 'n_kpoints': 2}
 TRAIN |= {'dtype': 'float64', 'warmup_steps': 2, 'device': 'cpu'}
 
@@ -89,7 +78,7 @@ def graph(gth_family, tmp_path_factory):
         node.base.extras.set('dataset_key', path.stem)
     group.add_nodes(labels)
 
-    config = {'data': {'split': [0.34, 0.33, 0.33], 'seed': 0}, 'model': MODEL, 'train': TRAIN}
+    config = {'data': {'split': [0.34, 0.33, 0.33], 'seed': 0}, 'model': TINY_MODEL, 'train': TRAIN}
     builder = NexthamTrainCalculation.get_builder_from_group(group, code, config, options=OPTIONS)
     results, train = run_get_node(builder)
     assert train.is_finished_ok, (train.exit_status, train.exit_message)
