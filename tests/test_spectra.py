@@ -402,3 +402,25 @@ def test_ghost_filter_keeps_the_physics_of_a_nearly_dependent_basis():
         eigh_generalized(h_pred, s, ghost_filter=1e-5)
     with pytest.raises(ValueError, match=r'\[0, 1\)'):
         filter_correction(h_pred, h0, s, 1.0)
+
+
+def test_ghost_filter_equals_the_full_projector():
+    """H0 + P(H − H0)P from the few dropped eigenvectors of S equals the projector on all kept ones,
+    for a complex S with a tenth of its spectrum below the threshold."""
+    from aiida_nextham.hamiltonian.bloch import filter_correction
+
+    rng = np.random.default_rng(3)
+    n = 60
+    unitary, _ = np.linalg.qr(rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n)))
+    w = np.concatenate([np.logspace(-8, -5, 6), np.logspace(-2, 1, n - 6)])
+    s = (unitary * w) @ unitary.conj().T
+    s = (s + s.conj().T) / 2
+    noise = rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))
+    h0 = (noise + noise.conj().T) / 2
+    h = h0 + 1e-3 * (noise.T + noise.conj()) / 2
+    values, vectors = np.linalg.eigh(s)
+    kept = vectors[:, values > 1e-4 * values[-1]]
+    assert kept.shape[1] == n - 6
+    projector = kept @ kept.conj().T
+    expected = h0 + projector @ (h - h0) @ projector
+    np.testing.assert_allclose(filter_correction(h, h0, s, 1e-4), expected, atol=1e-13)
