@@ -63,12 +63,11 @@ def test_workchain_dft_tiny_provenance(nextham_code, gth_family):
 def test_workchain_unstable_structure_is_flagged(nextham_code):
     """bcc Cu with EMT forces: imaginary modes at N; a flag (and, on request, exit code 420), not a plot."""
     structure = _structure('Cu', 'bcc', 2.87)
-    builder = NexthamPhononWorkChain.get_builder()
-    builder.phonons.code = nextham_code
-    builder.phonons.structure = structure
-    builder.phonons.supercell = orm.List([2, 2, 2])
-    builder.phonons.calculator = orm.Str('emt')
-    builder.phonons.settings = orm.Dict({'mesh': [6, 6, 6], 'npoints': 41})
+    settings = {'mesh': [6, 6, 6], 'npoints': 41}
+    builder = NexthamPhononWorkChain.get_builder_from_protocol(
+        nextham_code, structure, supercell=(2, 2, 2), calculator='emt', settings=settings
+    )
+    assert 'protocol' not in builder.phonons and 'dft_parameters' not in builder.phonons
     results, node = run_get_node(builder)
     assert node.is_finished_ok
     parameters = results['output_parameters'].get_dict()
@@ -82,6 +81,18 @@ def test_workchain_unstable_structure_is_flagged(nextham_code):
     results, node = run_get_node(builder)
     assert node.exit_status == NexthamPhononWorkChain.exit_codes.ERROR_DYNAMICALLY_UNSTABLE.status == 420
     assert node.outputs.output_parameters['dynamically_stable'] is False and 'bands' in node.outputs
+
+
+def test_builder_keeps_the_gamma_route_under_overrides(nextham_code):
+    """DFT overrides go on top of the Γ-point default (the k-point route only when asked for)."""
+    structure = _structure()
+    build = NexthamPhononWorkChain.get_builder_from_protocol
+    builder = build(nextham_code, structure, dft_overrides={'cutoff': 9})
+    assert builder.phonons.dft_parameters.get_dict() == {'kmesh': [1, 1, 1], 'cutoff': 9}
+    builder = build(nextham_code, structure, dft_overrides={'kmesh': [2, 2, 2]})
+    assert builder.phonons.dft_parameters.get_dict() == {'kmesh': [2, 2, 2]}
+    with pytest.raises(ValueError, match='not both'):
+        build(nextham_code, structure, model=orm.FolderData(), calculator='emt')
 
 
 def test_engine_failure_maps_to_exit_code(nextham_code):

@@ -65,21 +65,27 @@ class NexthamPhononWorkChain(BaseRestartWorkChain):
         dft_overrides: dict | None = None,
         settings: dict | None = None,
         options: dict | None = None,
+        calculator: str | None = None,
     ):
-        """A builder for DFT forces with ``protocol`` (or ML forces when ``model`` is given).
+        """A builder for DFT forces with ``protocol``, ML forces when ``model`` is given, or the forces of
+        an ASE ``calculator`` (``'emt'``).
 
-        :param dft_overrides: DftConfig settings on top of the protocol; default ``{'kmesh': [1, 1, 1]}``
-            (Γ-point analytic gradients of the supercell, the affordable route).
+        :param dft_overrides: DftConfig settings on top of the protocol and of ``{'kmesh': [1, 1, 1]}``
+            (Γ-point analytic gradients of the supercell, the affordable route; give ``kmesh`` to change it).
         """
         builder = cls.get_builder()
         builder.phonons.code = code
         builder.phonons.structure = structure
         builder.phonons.supercell = orm.List([int(n) for n in supercell])
+        if model is not None and calculator is not None:
+            raise ValueError('give either a force-field `model` or an ASE `calculator`, not both')
         if model is not None:
             builder.phonons.model = model
+        elif calculator is not None:
+            builder.phonons.calculator = orm.Str(calculator)
         else:
             builder.phonons.protocol = orm.Str(protocol)
-            builder.phonons.dft_parameters = orm.Dict(dft_overrides or {'kmesh': [1, 1, 1]})
+            builder.phonons.dft_parameters = orm.Dict({'kmesh': [1, 1, 1], **(dft_overrides or {})})
         if settings:
             builder.phonons.settings = orm.Dict(settings)
         if options:
