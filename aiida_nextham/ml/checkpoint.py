@@ -44,7 +44,9 @@ __all__ = [
     'list_checkpoints',
     'prune_checkpoints',
     'read_checkpoint',
+    'restore_trainer_state',
     'set_rng_state',
+    'trainer_state',
     'unflatten_optimizer',
     'write_checkpoint',
 ]
@@ -254,3 +256,52 @@ def set_rng_state(tensors: dict[str, torch.Tensor], record: dict) -> None:
         for device in range(torch.cuda.device_count()):
             if f'rng/cuda/{device}' in tensors:
                 torch.cuda.set_rng_state(tensors[f'rng/cuda/{device}'], device)
+
+
+def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and JSON of what every trainer resumes from: weights, EMA weights, optimizer, schedule,
+    random states and step (``trainer``: ``model``, ``ema``, ``optimizer``, ``schedule``, ``generator``,
+    ``step``); each trainer adds its own keys to the JSON."""
+    names = [name for name, _ in trainer.model.named_parameters()]
+    tensors = {f'model/{k}': v for k, v in trainer.model.state_dict().items()}
+    if trainer.ema is not None:
+        tensors.update({f'ema/{k}': v for k, v in trainer.ema.module.state_dict().items()})
+    optimizer_tensors, optimizer = flatten_optimizer(trainer.optimizer, names)
+    rng_tensors, rng = get_rng_state()
+    tensors.update(optimizer_tensors)
+    tensors.update(rng_tensors)
+    ema = None if trainer.ema is None else {'decay': trainer.ema.decay, 'updates': trainer.ema.updates}
+    metadata = {
+        'step': trainer.step,
+        'optimizer': optimizer,
+        'scheduler': trainer.schedule.state_dict(),
+        'ema': ema,
+        'rng': rng,
+        'generator': trainer.generator.bit_generator.state,
+    }
+    return tensors, metadata
+
+
+def restore_trainer_state(trainer, checkpoint: Checkpoint) -> dict:
+    """Restore :func:`trainer_state` into ``trainer``; returns the JSON for the trainer's own keys.
+
+    :raises CheckpointError: when the weights do not fit the model or EMA is missing.
+    """
+    meta = checkpoint.metadata
+    try:
+        trainer.model.load_state_dict(checkpoint.group('model'))
+        if trainer.ema is not None:
+            if meta.get('ema') is None:
+                raise CheckpointError('the checkpoint has no EMA weights but this run uses EMA')
+            trainer.ema.module.load_state_dict(checkpoint.group('ema'))
+            trainer.ema.updates = int(meta['ema']['updates'])
+    except RuntimeError as exc:
+        first = ' '.join(str(exc).split())[:300]
+        raise CheckpointError(f'the checkpoint weights do not fit the model ({first})') from None
+    names = [name for name, _ in trainer.model.named_parameters()]
+    unflatten_optimizer(trainer.optimizer, checkpoint.group('optimizer'), meta['optimizer'], names)
+    trainer.schedule.load_state_dict(meta['scheduler'])
+    set_rng_state(checkpoint.tensors, meta['rng'])
+    trainer.generator.bit_generator.state = meta['generator']
+    trainer.step = int(meta['step'])
+    return meta

@@ -36,11 +36,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     Checkpoint,
-    CheckpointError,
-    flatten_optimizer,
-    get_rng_state,
-    set_rng_state,
-    unflatten_optimizer,
+    restore_trainer_state,
+    trainer_state,
 )
 from .dataset import (
     HamiltonianDataset,
@@ -563,48 +560,14 @@ class Trainer:
         return self.history
 
     # ---------------------------------------------------------------------------------- state
-    def parameter_names(self) -> list[str]:
-        return [name for name, _ in self.model.named_parameters()]
-
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors and JSON of everything that determines the continuation (see :mod:`.checkpoint`)."""
-        tensors = {f'model/{k}': v for k, v in self.model.state_dict().items()}
-        if self.ema is not None:
-            tensors.update({f'ema/{k}': v for k, v in self.ema.module.state_dict().items()})
-        optimizer_tensors, optimizer = flatten_optimizer(self.optimizer, self.parameter_names())
-        rng_tensors, rng = get_rng_state()
-        tensors.update(optimizer_tensors)
-        tensors.update(rng_tensors)
-        metadata = {
-            'step': self.step,
-            'optimizer': optimizer,
-            'scheduler': self.schedule.state_dict(),
-            'ema': None if self.ema is None else {'decay': self.ema.decay, 'updates': self.ema.updates},
-            'rng': rng,
-            'generator': self.generator.bit_generator.state,
-            'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
-        }
+        tensors, metadata = trainer_state(self)
+        metadata['scaler'] = self.scaler.state_dict() if self.scaler.is_enabled() else None
         return tensors, metadata
 
     def load_state(self, checkpoint: Checkpoint) -> None:
         """Restore :meth:`state` (raises :class:`CheckpointError` when it does not fit this model)."""
-        meta = checkpoint.metadata
-        try:
-            self.model.load_state_dict(checkpoint.group('model'))
-            if self.ema is not None:
-                if meta.get('ema') is None:
-                    raise CheckpointError('the checkpoint has no EMA weights but this run uses EMA')
-                self.ema.module.load_state_dict(checkpoint.group('ema'))
-                self.ema.updates = int(meta['ema']['updates'])
-        except RuntimeError as exc:
-            first = ' '.join(str(exc).split())[:300]
-            raise CheckpointError(f'the checkpoint weights do not fit the model ({first})') from None
-        unflatten_optimizer(
-            self.optimizer, checkpoint.group('optimizer'), meta['optimizer'], self.parameter_names()
-        )
-        self.schedule.load_state_dict(meta['scheduler'])
-        set_rng_state(checkpoint.tensors, meta['rng'])
-        self.generator.bit_generator.state = meta['generator']
+        meta = restore_trainer_state(self, checkpoint)
         if meta.get('scaler') and self.scaler.is_enabled():
             self.scaler.load_state_dict(meta['scaler'])
-        self.step = int(meta['step'])
